@@ -1,0 +1,41 @@
+# dglbench — `make demo` and `make test` are all the set-up a fresh machine needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_WORKERS ?= 2
+
+.PHONY: help demo test test-all lint bench lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install dglbench with its test tools (once)
+
+demo: $(STAMP)  ## run the main job on embedded data (experiment 1: I2F vs attack error)
+	$(BIN)/dglbench demo
+
+test: $(STAMP)  ## run the test suite (offline, CPU)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+
+test-all: $(STAMP)  ## the test suite including slow tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check benchmark models datamodules tests
+	$(BIN)/ruff format --check benchmark models datamodules tests
+
+bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md
+	$(BIN)/python -m benchmark.bench
+
+lock: $(STAMP)  ## write constraints.txt: the exact versions of a reproducible benchmark run
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

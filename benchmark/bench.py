@@ -1,0 +1,79 @@
+"""``make bench``: run the benchmarks and write their sections of BENCHMARKS.md (atomically).
+
+Each section records the command, the machine and the date. Sections are replaced between
+markers, so one benchmark can be re-run alone: ``python -m benchmark.bench --only i2f``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmark.io import atomic_write_text, replace_between_markers
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
+    from benchmark import bench_i2f
+
+    sections: dict[str, tuple[str, Callable[[], str]]] = {"i2f": ("I2F engine vs the paper's reference", bench_i2f.run)}
+    try:
+        from benchmark import bench_attacks
+
+        sections["attacks"] = ("Attacks", bench_attacks.run)
+    except ImportError:
+        pass
+    try:
+        from benchmark.sweep import bench_demo
+
+        sections["demo"] = ("Demo (experiment 1 on embedded data)", bench_demo.run)
+    except ImportError:
+        pass
+    return sections
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="", help="comma-separated section names (default: all)")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    sections = _sections()
+    wanted = [s for s in args.only.split(",") if s] or list(sections)
+    path = Path(args.output)
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\nWritten by `make bench`; each section says how it was made.\n"
+    )
+    for name in wanted:
+        title, fn = sections[name]
+        print(f"[bench] {name} ...", flush=True)
+        body = fn()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        cmd = f"python -m benchmark.bench --only {name}"
+        section = (
+            f"## {title}\n\nCommand: `{cmd}` (part of `make bench`). Machine: {machine()}. Date: {stamp}.\n\n{body}"
+        )
+        text = replace_between_markers(text, name, section)
+        atomic_write_text(path, text)  # after every section: a later failure keeps earlier results
+        print(body, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The victim's gradient ``g(x) = ∇_θ ℓ(f_θ(x), y)`` and the products ``K v`` and ``Kᵀ u``.
+
+``K = ∂g/∂x`` is the Jacobian of the shared gradient with respect to the private input
+(``d_θ × d_x``). This module is the one place that computes ``g``, ``K v`` (forward-over-reverse:
+a JVP of the gradient) and ``Kᵀ u`` (reverse-over-reverse: a VJP of the gradient); everything
+else in dglbench calls it.
+
+Many independent victims are handled at once: a *group* of ``V`` victims with the same batch
+shape is stacked to ``[V, B, C, H, W]`` and the per-victim gradient is vectorized with
+``torch.func.vmap``; every product then acts on ``[V, ·]`` stacks and the Jacobian is block
+diagonal (victim ``i``'s gradient depends only on victim ``i``'s images).
+
+Example:
+    >>> import torch
+    >>> from benchmark.gradients import GradientOperator
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> op = GradientOperator(model, torch.randn(1, 1, 2, 2), torch.tensor([1]))
+    >>> op.gradient.shape, op.rmatvec(torch.randn(1, 15)).shape, op.matvec(torch.randn(1, 4)).shape
+    (torch.Size([1, 15]), torch.Size([1, 4]), torch.Size([1, 15]))
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from benchmark.errors import ConfigError, NotTwiceDifferentiableError, ShapeError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Perturbation = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
+
+__all__ = [
+    "GradientOperator",
+    "LossFn",
+    "Perturbation",
+    "flat_parameter_gradient",
+    "flatten_perturbation",
+    "make_loss",
+    "parameter_shapes",
+    "unflatten",
+]
+
+
+def make_loss(loss: str | LossFn = "cross_entropy", reduction: str = "mean") -> LossFn:
+    """The victim's training loss ``ℓ(logits, labels)``.
+
+    Args:
+        loss: ``"cross_entropy"`` (labels as class indices or as probabilities), ``"mse"``
+            (labels one-hot encoded when given as indices), or any callable ``(logits, labels) -> scalar``.
+        reduction: ``"mean"`` or ``"sum"`` over the victim's batch.
+
+    Example:
+        >>> import torch
+        >>> round(make_loss("cross_entropy")(torch.zeros(2, 4), torch.tensor([0, 3])).item(), 4)  # log 4
+        1.3863
+    """
+    if callable(loss):
+        return loss
+    if reduction not in ("mean", "sum"):
+        raise ConfigError(f"unknown loss reduction {reduction!r}; use 'mean' or 'sum'")
+    if loss == "cross_entropy":
+        return lambda logits, labels: F.cross_entropy(logits, labels, reduction=reduction)
+    if loss == "mse":
+
+        def mse(logits: Tensor, labels: Tensor) -> Tensor:
+            target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype) if labels.dtype == torch.long else labels
+            per_sample = ((logits - target) ** 2).sum(-1)
+            return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+        return mse
+    raise ConfigError(f"unknown loss {loss!r}; use 'cross_entropy', 'mse' or a callable (logits, labels) -> scalar")
+
+
+def _trainable(model: nn.Module) -> dict[str, Tensor]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def parameter_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    """Names and shapes of the parameters that make up θ (those that require grad), in order."""
+    return {name: p.shape for name, p in _trainable(model).items()}
+
+
+def unflatten(flat: Tensor, shapes: Mapping[str, torch.Size]) -> dict[str, Tensor]:
+    """Split a flat ``[..., d_θ]`` vector into a name → tensor dict shaped like the parameters."""
+    out, offset = {}, 0
+    lead = flat.shape[:-1]
+    for name, shape in shapes.items():
+        n = shape.numel()
+        out[name] = flat[..., offset : offset + n].reshape(*lead, *shape)
+        offset += n
+    return out
+
+
+def flatten_perturbation(model: nn.Module, perturbation: Perturbation) -> Tensor:
+    """One victim's parameter-space perturbation δ as a flat ``[d_θ]`` vector.
+
+    Accepts a flat vector, a list aligned with ``model.parameters()`` (the paper's code uses this),
+    or a dict keyed by parameter name. Shape mismatches raise :class:`ShapeError` naming the entry.
+    """
+    shapes = parameter_shapes(model)
+    d = sum(s.numel() for s in shapes.values())
+    if isinstance(perturbation, Tensor):
+        if perturbation.dim() != 1 or perturbation.numel() != d:
+            raise ShapeError(
+                f"flat perturbation has shape {tuple(perturbation.shape)} but the model has {d} trainable "
+                f"parameters; pass a vector of length {d}, a list shaped like model.parameters(), or a dict"
+            )
+        return perturbation
+    if isinstance(perturbation, Mapping):
+        unknown = sorted(set(perturbation) - set(shapes))
+        missing = sorted(set(shapes) - set(perturbation))
+        if unknown or missing:
+            raise ShapeError(
+                f"perturbation dict does not match the model's parameters (missing: {missing[:3]}, "
+                f"unknown: {unknown[:3]}); use the names of model.named_parameters()"
+            )
+        parts = [(name, perturbation[name]) for name in shapes]
+    else:
+        parts_list = list(perturbation)
+        all_params = list(model.named_parameters())
+        if len(parts_list) == len(all_params) and len(all_params) != len(shapes):
+            parts_list = [t for t, (_, p) in zip(parts_list, all_params) if p.requires_grad]
+        if len(parts_list) != len(shapes):
+            raise ShapeError(
+                f"perturbation list has {len(parts_list)} tensors but the model has {len(shapes)} trainable "
+                f"parameters; give one tensor per entry of model.parameters()"
+            )
+        parts = list(zip(shapes, parts_list))
+    for name, t in parts:
+        if tuple(t.shape) != tuple(shapes[name]):
+            raise ShapeError(
+                f"perturbation for parameter {name!r} has shape {tuple(t.shape)}, expected {tuple(shapes[name])}"
+            )
+    return torch.cat([t.reshape(-1) for _, t in parts])
+
+
+_NO_DOUBLE_BACKWARD = re.compile(
+    r"derivative for '?([\w.:]+)'? is not implemented|forward AD with ([\w.:]+) that does not support"
+)
+
+
+def _differentiability_error(exc: Exception, what: str) -> Exception:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    match = _NO_DOUBLE_BACKWARD.search(str(exc))
+    if match is None and "not implemented" not in str(exc).lower():
+        return exc
+    op = next((g for g in match.groups() if g), "an operation") if match else "an operation"
+    return NotTwiceDifferentiableError(
+        f"cannot compute {what}: the model uses {op}, which has no higher-order derivative ({message}); "
+        f"call models.compat.make_twice_differentiable(model) or pick another architecture"
+    )
+
+
+def flat_parameter_gradient(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    loss: str | LossFn = "cross_entropy",
+    *,
+    create_graph: bool = False,
+) -> Tensor:
+    """The victim's shared gradient ``g(x)`` as a flat ``[d_θ]`` vector (plain autograd).
+
+    With ``create_graph=True`` the result stays differentiable with respect to ``images`` (what an
+    attack needs to optimize a dummy input).
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 2)
+        >>> flat_parameter_gradient(model, torch.randn(1, 3), torch.tensor([0])).shape
+        torch.Size([8])
+    """
+    loss_fn = make_loss(loss)
+    params = list(_trainable(model).values())
+    value = loss_fn(model(images), labels)
+    grads = torch.autograd.grad(value, params, create_graph=create_graph)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+class GradientOperator:
+    """``g(x)``, ``K v`` and ``Kᵀ u`` for a group of ``V`` independent victims.
+
+    The Jacobian-transpose products reuse one stored linearization (``torch.func.vjp``); ``K v``
+    is a forward-mode JVP of the gradient. Each call of :meth:`matvec` or :meth:`rmatvec` counts
+    as one product in :attr:`products`.
+
+    Args:
+        model: the victim model ``f_θ`` (its mode — train/eval — is used as it is).
+        images: ``[B, C, H, W]`` for one victim, or ``[V, B, C, H, W]`` with ``stacked=True``.
+        labels: ``[B]`` class indices (or ``[B, num_classes]`` soft labels); ``[V, B, ...]`` when stacked.
+        loss: the victim's loss (see :func:`make_loss`).
+        stacked: whether ``images``/``labels`` carry a leading victim dimension.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        loss: str | LossFn = "cross_entropy",
+        *,
+        stacked: bool = False,
+    ) -> None:
+        if not stacked:
+            images, labels = images.unsqueeze(0), labels.unsqueeze(0)
+        if images.dim() < 3:
+            raise ShapeError(f"images must be [B, C, H, W] (or [V, B, ...] stacked), got {tuple(images.shape)}")
+        self.model = model
+        self.loss_fn = make_loss(loss)
+        self.images = images.detach()
+        self.labels = labels.detach()
+        self.num_victims = images.shape[0]
+        self.input_shape = tuple(images.shape[1:])
+        self.input_dim = images[0].numel()
+        self.params = {k: v.detach() for k, v in _trainable(model).items()}
+        self.shapes = {k: v.shape for k, v in self.params.items()}
+        self.num_parameters = sum(v.numel() for v in self.params.values())
+        frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
+        self.buffers = {**frozen, **dict(model.named_buffers())}
+        self.products = 0
+        try:
+            gradient, self._vjp_fn = vjp(self._stacked_gradient, self.images)
+        except RuntimeError as exc:
+            raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
+        self.gradient: Tensor = gradient.detach()
+
+    def _single_gradient(self, x: Tensor, y: Tensor) -> Tensor:
+        def loss_of(params: dict[str, Tensor]) -> Tensor:
+            return self.loss_fn(functional_call(self.model, (params, self.buffers), (x,)), y)
+
+        return torch.cat([t.reshape(-1) for t in grad(loss_of)(self.params).values()])
+
+    def _stacked_gradient(self, images: Tensor) -> Tensor:
+        if images.shape[0] == 1:  # no vmap for a single victim: works with any model
+            return self._single_gradient(images[0], self.labels[0]).unsqueeze(0)
+        return vmap(self._single_gradient)(images, self.labels)
+
+    def rmatvec(self, u: Tensor) -> Tensor:
+        """``Kᵀ u`` for ``u`` of shape ``[V, d_θ]``; returns ``[V, d_x]``."""
+        self.products += 1
+        try:
+            (out,) = self._vjp_fn(u.to(self.gradient.dtype))
+        except RuntimeError as exc:
+            raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
+        return out.reshape(self.num_victims, -1)
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``K v`` for ``v`` of shape ``[V, d_x]``; returns ``[V, d_θ]``."""
+        self.products += 1
+        tangent = v.reshape(self.images.shape).to(self.images.dtype)
+        try:
+            _, out = jvp(self._stacked_gradient, (self.images,), (tangent,))
+        except RuntimeError as exc:
+            raise _differentiability_error(exc, "the Jacobian-vector product Kv") from exc
+        return out
+
+    def gram(self, v: Tensor) -> Tensor:
+        """``KᵀK v`` for ``v`` of shape ``[V, d_x]`` (two products)."""
+        return self.rmatvec(self.matvec(v))

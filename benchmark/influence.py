@@ -1,0 +1,408 @@
+"""The Inversion Influence Function (I2F) of Zhang et al., NeurIPS 2023 (arXiv 2309.13016).
+
+For a victim with gradient Jacobian ``K = ∂g/∂x`` and a defense perturbation ``δ = g̃ − g``:
+
+* exact I2F (Eq. 4): ``I(δ) = ‖(KᵀK + εI)⁻¹ Kᵀδ‖`` — :func:`i2f`, conjugate gradient in input space;
+* lower bound (Eq. 5): ``I_lb(δ) = ‖Kᵀδ‖ / λ_max(KᵀK)`` — :func:`i2f_lower_bound`, Lanczos in input space;
+* eigen-directions: :func:`top_eigenpairs` gives ``λ_i``, input-space ``v_i`` and unit parameter-space
+  directions ``u_i = K v_i / √λ_i``.
+
+All solvers work matrix-free in input space (``d_x``, thousands) and never form anything of size
+``d_θ × d_θ``. Many independent victims are solved at once: pass lists of image batches; victims with
+the same batch shape are vectorized together, each with its own Krylov coefficients.
+
+Example:
+    >>> import torch
+    >>> from benchmark.influence import i2f_lower_bound
+    >>> torch.manual_seed(0) and None
+    >>> nn = torch.nn
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 3))
+    >>> x, y = torch.randn(1, 1, 4, 4), torch.tensor([2])
+    >>> delta = 1e-3 * torch.randn(sum(p.numel() for p in model.parameters()))
+    >>> res = i2f_lower_bound(model, x, y, delta)
+    >>> bool(res.converged.all()), res.value.shape
+    (True, torch.Size([1]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.errors import ConfigError, ShapeError
+from benchmark.gradients import GradientOperator, LossFn, Perturbation, flatten_perturbation
+
+__all__ = [
+    "Eigenpairs",
+    "I2FResult",
+    "LowerBoundResult",
+    "i2f",
+    "i2f_lower_bound",
+    "lanczos",
+    "conjugate_gradient",
+    "top_eigenpairs",
+    "I2F_lb",
+    "compute_exact_bound",
+]
+
+Operator = Callable[[Tensor], Tensor]
+
+
+# --------------------------------------------------------------------------------------------- results
+class _PerVictim:
+    """Results hold one entry per victim along the first dimension."""
+
+    def records(self) -> list[dict[str, object]]:
+        """One plain dict per victim (tensors of one element become Python numbers)."""
+        out: list[dict[str, object]] = []
+        n = len(getattr(self, fields(self)[0].name))  # type: ignore[arg-type]
+        for i in range(n):
+            row: dict[str, object] = {}
+            for f in fields(self):  # type: ignore[arg-type]
+                value = getattr(self, f.name)
+                item = value[i] if isinstance(value, Tensor) and value.dim() > 0 else value
+                row[f.name] = item.item() if isinstance(item, Tensor) and item.numel() == 1 else item
+            out.append(row)
+        return out
+
+
+@dataclass(frozen=True)
+class LowerBoundResult(_PerVictim):
+    """I2F lower bound per victim: ``value = jt_delta / max_eigenvalue``."""
+
+    value: Tensor  # [V]
+    jt_delta: Tensor  # [V]   ‖Kᵀδ‖
+    max_eigenvalue: Tensor  # [V]   λ_max(KᵀK)
+    products: Tensor  # [V]   K / Kᵀ products used
+    iterations: Tensor  # [V]   Lanczos steps
+    converged: Tensor  # [V]   bool
+
+
+@dataclass(frozen=True)
+class I2FResult(_PerVictim):
+    """Exact I2F per victim: ``value = ‖(KᵀK + εI)⁻¹ Kᵀδ‖`` by conjugate gradient."""
+
+    value: Tensor  # [V]
+    jt_delta: Tensor  # [V]
+    residual: Tensor  # [V]   ‖b − (KᵀK+εI) z‖ / ‖b‖, recomputed at the end
+    iterations: Tensor  # [V]
+    products: Tensor  # [V]
+    converged: Tensor  # [V]
+    eps: float
+
+
+@dataclass(frozen=True)
+class Eigenpairs(_PerVictim):
+    """Top-k eigenpairs of ``KᵀK`` per victim, largest first."""
+
+    eigenvalues: Tensor  # [V, k]
+    eigenvectors: Tensor  # [V, k, *input_shape]  unit input-space eigenvectors v_i
+    directions: Tensor  # [V, k, d_θ]  unit parameter-space directions u_i = K v_i / √λ_i
+    products: Tensor  # [V]
+    converged: Tensor  # [V]
+
+
+# ---------------------------------------------------------------------------------------------- solvers
+@dataclass(frozen=True)
+class LanczosOutput:
+    eigenvalues: Tensor  # [V, k] largest first
+    eigenvectors: Tensor  # [V, k, n]
+    iterations: Tensor  # [V] step at which each victim met the tolerance (or the last step)
+    converged: Tensor  # [V]
+
+
+def lanczos(
+    operator: Operator,
+    start: Tensor,
+    k: int = 1,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+) -> LanczosOutput:
+    """Top-``k`` eigenpairs of symmetric PSD operators by Lanczos with full reorthogonalization.
+
+    ``operator`` maps ``[V, n] → [V, n]`` (``V`` independent operators). A Ritz pair ``(θ, s)``
+    counts as converged when its residual ``‖A s − θ s‖ = β_m |e_mᵀ s|`` is at most
+    ``tol · θ_max`` (ARPACK's criterion): an eigenvalue then lies within ``tol · θ_max`` of ``θ``.
+    A gap-based shortcut (Kato–Temple with Ritz gaps) is deliberately not used: with clustered
+    eigenvalues the Ritz gap overestimates the true gap and stops too early.
+    """
+    num, n = start.shape
+    if k > n:
+        raise ConfigError(f"asked for {k} eigenpairs of an operator of dimension {n}")
+    max_iter = min(max_iter, n)
+    q = start / start.norm(dim=1, keepdim=True)
+    basis = [q]
+    alphas: list[Tensor] = []
+    betas: list[Tensor] = []
+    done = torch.zeros(num, dtype=torch.bool, device=start.device)
+    iterations = torch.full((num,), max_iter, dtype=torch.long, device=start.device)
+    theta = s = None
+    for step in range(1, max_iter + 1):
+        w = operator(basis[-1])
+        alpha = (w * basis[-1]).sum(1)
+        Q = torch.stack(basis, 1)  # [V, m, n]
+        for _ in range(2):  # full reorthogonalization, twice is enough
+            w = w - torch.einsum("vmn,vm->vn", Q, torch.einsum("vmn,vn->vm", Q, w))
+        beta = w.norm(dim=1)
+        alphas.append(alpha)
+        T = torch.diag_embed(torch.stack(alphas, 1))
+        if betas:
+            off = torch.stack(betas, 1)
+            T = T + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+        theta, s = torch.linalg.eigh(T)  # ascending
+        theta, s = theta.flip(-1), s.flip(-1)
+        kk = min(k, step)
+        residual = (beta[:, None] * s[:, -1, :kk]).abs()  # [V, kk]
+        top = theta[:, :1].abs().clamp_min(torch.finfo(theta.dtype).tiny)
+        ok = residual <= tol * top
+        exhausted = beta <= 1e-12 * top[:, 0]
+        newly = ((ok.all(1) & (step >= k)) | exhausted) & ~done
+        iterations[newly] = step
+        done |= newly
+        if bool(done.all()) or step == max_iter:
+            break
+        betas.append(beta)
+        basis.append(w / beta.clamp_min(torch.finfo(w.dtype).tiny)[:, None])
+    assert theta is not None and s is not None
+    Q = torch.stack(basis[: theta.shape[1]], 1)
+    vectors = torch.einsum("vmn,vmk->vkn", Q, s[:, :, :k])
+    return LanczosOutput(theta[:, :k], vectors, iterations, done)
+
+
+@dataclass(frozen=True)
+class CGOutput:
+    solution: Tensor  # [V, n]
+    iterations: Tensor  # [V]
+    converged: Tensor  # [V]
+
+
+def conjugate_gradient(operator: Operator, rhs: Tensor, tol: float = 1e-5, max_iter: int = 500) -> CGOutput:
+    """Solve ``A z = b`` for ``V`` independent symmetric positive (semi)definite systems.
+
+    Stops each system when ``‖r‖ ≤ tol · ‖b‖`` (recursive residual); a zero right-hand side has
+    the zero solution. Converged systems are frozen while the others go on.
+    """
+    z = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rr = (r * r).sum(1)
+    target = tol * rhs.norm(dim=1)
+    done = rr.sqrt() <= target
+    iterations = torch.zeros(rhs.shape[0], dtype=torch.long, device=rhs.device)
+    for _ in range(max_iter):
+        if bool(done.all()):
+            break
+        Ap = operator(p)
+        pAp = (p * Ap).sum(1)
+        active = ~done & (pAp > 0)
+        alpha = torch.where(active, rr / torch.where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rr))
+        z = z + alpha[:, None] * p
+        r = r - alpha[:, None] * Ap
+        rr_new = (r * r).sum(1)
+        iterations += active.long()
+        beta = torch.where(active, rr_new / torch.where(active, rr, torch.ones_like(rr)), torch.zeros_like(rr))
+        p = torch.where(active[:, None], r + beta[:, None] * p, p)
+        rr = torch.where(active, rr_new, rr)
+        done = done | (rr.sqrt() <= target) | ~active
+    return CGOutput(z, iterations, rr.sqrt() <= target)
+
+
+# ------------------------------------------------------------------------------------------ victim input
+def _groups(
+    model: nn.Module,
+    images: Tensor | Sequence[Tensor],
+    labels: Tensor | Sequence[Tensor],
+    perturbation: Perturbation | Sequence[Perturbation] | None,
+    vectorize: bool,
+) -> tuple[int, list[tuple[list[int], Tensor, Tensor, Tensor | None]]]:
+    """Normalize one victim or many into groups of equal-shape victims: (indices, X, Y, Δ)."""
+    if isinstance(images, Tensor):
+        xs, ys = [images], [labels if isinstance(labels, Tensor) else torch.as_tensor(labels)]
+        deltas = None if perturbation is None else [flatten_perturbation(model, perturbation)]  # type: ignore[arg-type]
+    else:
+        xs, ys = list(images), list(labels)  # type: ignore[arg-type]
+        if len(xs) != len(ys):
+            raise ShapeError(f"got {len(xs)} image batches but {len(ys)} label batches; give one per victim")
+        if perturbation is None:
+            deltas = None
+        elif isinstance(perturbation, Tensor) and perturbation.dim() == 2:
+            deltas = list(perturbation)
+        else:
+            deltas = list(perturbation)  # type: ignore[arg-type]
+        if deltas is not None:
+            if len(deltas) != len(xs):
+                raise ShapeError(f"got {len(xs)} victims but {len(deltas)} perturbations; give one per victim")
+            deltas = [flatten_perturbation(model, d) for d in deltas]
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if x.dim() < 2 or x.shape[0] != y.shape[0]:
+            raise ShapeError(
+                f"victim {i}: images {tuple(x.shape)} and labels {tuple(y.shape)} disagree; "
+                f"images must be [B, C, H, W] with B labels"
+            )
+    groups: dict[tuple, list[int]] = {}
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        key = (tuple(x.shape), tuple(y.shape), y.dtype) if vectorize else (i,)
+        groups.setdefault(key, []).append(i)
+    out = []
+    for idx in groups.values():
+        X = torch.stack([xs[i] for i in idx])
+        Y = torch.stack([ys[i] for i in idx])
+        D = None if deltas is None else torch.stack([deltas[i] for i in idx]).to(X.dtype)
+        out.append((idx, X, Y, D))
+    return len(xs), out
+
+
+def _scatter(total: int, parts: list[tuple[list[int], dict[str, Tensor]]]) -> dict[str, Tensor]:
+    keys = parts[0][1].keys()
+    merged: dict[str, Tensor] = {}
+    for key in keys:
+        first = parts[0][1][key]
+        buf = first.new_zeros((total, *first.shape[1:]))
+        for idx, values in parts:
+            buf[torch.as_tensor(idx, device=buf.device)] = values[key].to(buf.dtype)
+        merged[key] = buf
+    return merged
+
+
+def _start_vectors(like: Tensor, seed: int) -> Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
+
+
+# --------------------------------------------------------------------------------------------- public API
+def i2f_lower_bound(
+    model: nn.Module,
+    images: Tensor | Sequence[Tensor],
+    labels: Tensor | Sequence[Tensor],
+    perturbation: Perturbation | Sequence[Perturbation],
+    loss: str | LossFn = "cross_entropy",
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    vectorize: bool = True,
+) -> LowerBoundResult:
+    """I2F lower bound ``‖Kᵀδ‖ / λ_max(KᵀK)`` (paper Eq. 5) for one victim or many.
+
+    Args:
+        model: the victim model, in the mode (train/eval) the victim uses.
+        images: one victim's batch ``[B, C, H, W]``, or a list of such batches (one per victim).
+        labels: ``[B]`` (or a list aligned with ``images``).
+        perturbation: δ = g̃ − g; for one victim a flat ``[d_θ]`` vector, a list shaped like
+            ``model.parameters()``, or a name → tensor dict; for many victims a list of those or ``[V, d_θ]``.
+        loss: the victim's loss (see :func:`benchmark.gradients.make_loss`).
+        tol: relative tolerance on ``λ_max`` (Lanczos residual test).
+        max_iter: most Lanczos steps (each costs one ``K v`` and one ``Kᵀ u``).
+        seed: seed of the Lanczos start vector.
+        vectorize: stack victims with equal shapes and solve them together (``vmap``).
+
+    Returns:
+        :class:`LowerBoundResult` with one entry per victim.
+    """
+    total, groups = _groups(model, images, labels, perturbation, vectorize)
+    parts = []
+    for idx, X, Y, D in groups:
+        op = GradientOperator(model, X, Y, loss, stacked=True)
+        assert D is not None
+        jt = op.rmatvec(D).norm(dim=1)
+        out = lanczos(op.gram, _start_vectors(op.images.reshape(len(idx), -1), seed), 1, tol, max_iter)
+        lam = out.eigenvalues[:, 0]
+        parts.append((idx, {
+            "value": jt / lam, "jt_delta": jt, "max_eigenvalue": lam,
+            "products": torch.full_like(lam, op.products, dtype=torch.long),
+            "iterations": out.iterations, "converged": out.converged,
+        }))  # fmt: skip
+    return LowerBoundResult(**_scatter(total, parts))
+
+
+def i2f(
+    model: nn.Module,
+    images: Tensor | Sequence[Tensor],
+    labels: Tensor | Sequence[Tensor],
+    perturbation: Perturbation | Sequence[Perturbation],
+    loss: str | LossFn = "cross_entropy",
+    *,
+    eps: float = 0.1,
+    tol: float = 1e-5,
+    max_iter: int = 500,
+    vectorize: bool = True,
+) -> I2FResult:
+    """Exact I2F ``‖(KᵀK + εI)⁻¹ Kᵀδ‖`` (paper Eq. 4) by conjugate gradient in input space.
+
+    Args: as :func:`i2f_lower_bound`, plus ``eps`` (damping ε ≥ 0), ``tol`` (relative residual of
+    the linear solve) and ``max_iter`` (most CG steps, each one ``K v`` and one ``Kᵀ u``).
+
+    The reported ``residual`` is recomputed from the final solution (one extra pair of products),
+    and ``converged`` means it is at most ``tol``.
+    """
+    if eps < 0:
+        raise ConfigError(f"damping eps must be >= 0, got {eps}")
+    total, groups = _groups(model, images, labels, perturbation, vectorize)
+    parts = []
+    for idx, X, Y, D in groups:
+        op = GradientOperator(model, X, Y, loss, stacked=True)
+        assert D is not None
+        b = op.rmatvec(D)
+
+        def damped(v: Tensor, op: GradientOperator = op) -> Tensor:
+            return op.gram(v) + eps * v
+
+        out = conjugate_gradient(damped, b, tol, max_iter)
+        bnorm = b.norm(dim=1)
+        residual = (b - damped(out.solution)).norm(dim=1) / bnorm.clamp_min(torch.finfo(b.dtype).tiny)
+        residual = torch.where(bnorm > 0, residual, torch.zeros_like(residual))
+        parts.append((idx, {
+            "value": out.solution.norm(dim=1), "jt_delta": bnorm, "residual": residual,
+            "iterations": out.iterations, "products": torch.full_like(out.iterations, op.products),
+            "converged": residual <= max(tol, 10 * torch.finfo(b.dtype).eps),
+        }))  # fmt: skip
+    return I2FResult(**_scatter(total, parts), eps=eps)
+
+
+def top_eigenpairs(
+    model: nn.Module,
+    images: Tensor | Sequence[Tensor],
+    labels: Tensor | Sequence[Tensor],
+    k: int = 1,
+    loss: str | LossFn = "cross_entropy",
+    *,
+    tol: float = 1e-4,
+    max_iter: int = 200,
+    seed: int = 0,
+    vectorize: bool = True,
+) -> Eigenpairs:
+    """The ``k`` largest eigenpairs of ``KᵀK`` per victim, and the parameter-space directions.
+
+    ``u_i = K v_i / √λ_i`` is a unit vector in parameter space; noise ``δ = c · u_i`` gives
+    ``I2F = c / √λ_i`` exactly (with ε = 0), the paper's eigen-direction insight.
+    """
+    total, groups = _groups(model, images, labels, None, vectorize)
+    parts = []
+    for idx, X, Y, _ in groups:
+        op = GradientOperator(model, X, Y, loss, stacked=True)
+        out = lanczos(op.gram, _start_vectors(op.images.reshape(len(idx), -1), seed), k, tol, max_iter)
+        dirs = torch.stack([op.matvec(out.eigenvectors[:, i]) for i in range(k)], 1)
+        dirs = dirs / out.eigenvalues.clamp_min(torch.finfo(dirs.dtype).tiny).sqrt()[..., None]
+        parts.append((idx, {
+            "eigenvalues": out.eigenvalues,
+            "eigenvectors": out.eigenvectors.reshape(len(idx), k, *op.input_shape),
+            "directions": dirs, "products": torch.full_like(out.iterations, op.products),
+            "converged": out.converged,
+        }))  # fmt: skip
+    return Eigenpairs(**_scatter(total, parts))
+
+
+# ------------------------------------------------------------------------- names of the paper's reference code
+def I2F_lb(model: nn.Module, images: Tensor, labels: Tensor, noise: Sequence[Tensor]) -> float:  # noqa: N802
+    """The paper code's ``I2F_lb``: the I2F lower bound for one victim, ``noise`` shaped like ``model.parameters()``."""
+    return float(i2f_lower_bound(model, images, labels, list(noise)).value[0])
+
+
+def compute_exact_bound(
+    model: nn.Module, images: Tensor, labels: Tensor, noise: Sequence[Tensor], regu: float = 0.1
+) -> float:
+    """The paper code's ``compute_exact_bound``: exact I2F with damping ``regu`` (ε), solved to tolerance."""
+    return float(i2f(model, images, labels, list(noise), eps=regu).value[0])

@@ -1,0 +1,205 @@
+"""I2F engine against an explicit Jacobian and numpy's eigendecomposition / solve (float64)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from benchmark import I2F_lb, compute_exact_bound
+from benchmark.errors import NotTwiceDifferentiableError, ShapeError
+from benchmark.gradients import GradientOperator, flat_parameter_gradient, flatten_perturbation
+from benchmark.influence import i2f, i2f_lower_bound, top_eigenpairs
+
+RTOL = 1e-4
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 4))
+
+
+def sigmoid_convnet():
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, stride=2),
+        nn.Sigmoid(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Sigmoid(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 4),
+    )
+
+
+def bn_convnet():
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Softplus(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Softplus(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 4),
+    )
+    with torch.no_grad():  # non-trivial running statistics
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+MODELS = {"mlp": mlp, "sigmoid_convnet": sigmoid_convnet, "bn_convnet": bn_convnet}
+
+
+def explicit_k(model, x, y):
+    """K = ∂g/∂x materialized by torch.autograd.functional.jacobian: [d_θ, d_x]."""
+    k = torch.autograd.functional.jacobian(lambda inp: flat_parameter_gradient(model, inp, y, create_graph=True), x)
+    return k.reshape(k.shape[0], -1).numpy()
+
+
+def case(name, batch=1, seed=0):
+    torch.manual_seed(seed)
+    model = MODELS[name]().double()
+    x = torch.randn(batch, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (batch,))
+    d = sum(p.numel() for p in model.parameters())
+    delta = torch.randn(d, dtype=torch.float64) * 1e-2
+    return model, x, y, delta
+
+
+def rel(a, b):
+    return abs(float(a) - float(b)) / abs(float(b))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_products_match_explicit_jacobian(name):
+    model, x, y, delta = case(name)
+    K = explicit_k(model, x, y)
+    op = GradientOperator(model, x, y)
+    v = torch.randn(1, x.numel(), dtype=torch.float64)
+    np.testing.assert_allclose(op.matvec(v)[0].numpy(), K @ v[0].numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(op.rmatvec(delta[None])[0].numpy(), K.T @ delta.numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(op.gradient[0].numpy(), flat_parameter_gradient(model, x, y).detach().numpy())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_lower_bound_matches_eigendecomposition(name):
+    model, x, y, delta = case(name, batch=2)
+    K = explicit_k(model, x, y)
+    lam_max = np.linalg.eigvalsh(K.T @ K)[-1]
+    jt = np.linalg.norm(K.T @ delta.numpy())
+    res = i2f_lower_bound(model, x, y, delta, tol=1e-8)
+    assert bool(res.converged[0])
+    assert rel(res.max_eigenvalue[0], lam_max) <= RTOL
+    assert rel(res.jt_delta[0], jt) <= RTOL
+    assert rel(res.value[0], jt / lam_max) <= RTOL
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("eps", [0.01, 0.1, 1.0, 10.0])
+def test_exact_i2f_matches_solve(name, eps):
+    model, x, y, delta = case(name)
+    K = explicit_k(model, x, y)
+    A = K.T @ K + eps * np.eye(K.shape[1])
+    truth = np.linalg.norm(np.linalg.solve(A, K.T @ delta.numpy()))
+    res = i2f(model, x, y, delta, eps=eps, tol=1e-10, max_iter=200)
+    assert bool(res.converged[0]), res.residual
+    assert rel(res.value[0], truth) <= RTOL
+
+
+def test_exact_i2f_without_damping_when_well_conditioned():
+    # a linear model on 4 inputs with 10 classes: KᵀK is 4×4 and well conditioned
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 10), nn.Tanh(), nn.Linear(10, 10)).double()
+    x, y = torch.randn(1, 1, 2, 2, dtype=torch.float64), torch.tensor([1])
+    K = explicit_k(model, x, y)
+    assert np.linalg.cond(K.T @ K) < 1e6
+    delta = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    truth = np.linalg.norm(np.linalg.solve(K.T @ K, K.T @ delta.numpy()))
+    res = i2f(model, x, y, delta, eps=0.0, tol=1e-12, max_iter=100)
+    assert rel(res.value[0], truth) <= RTOL
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_top_eigenpairs(name):
+    model, x, y, _ = case(name)
+    K = explicit_k(model, x, y)
+    w, V = np.linalg.eigh(K.T @ K)
+    k = 3
+    res = top_eigenpairs(model, x, y, k=k, tol=1e-10)
+    np.testing.assert_allclose(res.eigenvalues[0].numpy(), w[::-1][:k], rtol=RTOL)
+    for i in range(k):
+        v = res.eigenvectors[0, i].reshape(-1).numpy()
+        assert abs(abs(v @ V[:, -1 - i]) - 1) <= RTOL  # same direction up to sign
+        u = res.directions[0, i].numpy()
+        np.testing.assert_allclose(u, K @ v / np.sqrt(w[-1 - i]), rtol=1e-3, atol=1e-8)
+        assert abs(np.linalg.norm(u) - 1) <= RTOL
+
+
+def test_eigen_direction_noise_gives_c_over_sqrt_lambda():
+    model, x, y, _ = case("sigmoid_convnet")
+    pairs = top_eigenpairs(model, x, y, k=2, tol=1e-10)
+    c = 0.3
+    for i in range(2):
+        res = i2f(model, x, y, c * pairs.directions[0, i], eps=0.0, tol=1e-10, max_iter=100)
+        assert rel(res.value[0], c / pairs.eigenvalues[0, i].sqrt()) <= 1e-3
+
+
+def test_many_victims_equal_one_by_one():
+    model, _, _, _ = case("bn_convnet")
+    torch.manual_seed(1)
+    xs = [torch.randn(2, 1, 4, 4, dtype=torch.float64) for _ in range(3)] + [torch.randn(1, 1, 4, 4).double()]
+    ys = [torch.randint(0, 4, (x.shape[0],)) for x in xs]
+    d = sum(p.numel() for p in model.parameters())
+    deltas = [torch.randn(d, dtype=torch.float64) * 1e-2 for _ in xs]
+    many_lb = i2f_lower_bound(model, xs, ys, deltas, tol=1e-8)
+    many_ex = i2f(model, xs, ys, deltas, eps=0.1, tol=1e-10)
+    for i, (x, y, dl) in enumerate(zip(xs, ys, deltas)):
+        one_lb = i2f_lower_bound(model, x, y, dl, tol=1e-8)
+        one_ex = i2f(model, x, y, dl, eps=0.1, tol=1e-10)
+        assert rel(many_lb.value[i], one_lb.value[0]) <= RTOL
+        assert rel(many_lb.max_eigenvalue[i], one_lb.max_eigenvalue[0]) <= RTOL
+        assert rel(many_ex.value[i], one_ex.value[0]) <= RTOL
+    assert len(many_lb.records()) == 4
+
+
+def test_perturbation_formats_agree_and_bad_shapes_are_clear():
+    model, x, y, delta = case("mlp")
+    shapes = [p.shape for p in model.parameters()]
+    as_list, offset = [], 0
+    for s in shapes:
+        as_list.append(delta[offset : offset + s.numel()].reshape(s))
+        offset += s.numel()
+    as_dict = {n: t for (n, _), t in zip(model.named_parameters(), as_list)}
+    for fmt in (as_list, as_dict):
+        assert torch.equal(flatten_perturbation(model, fmt), delta)
+    assert I2F_lb(model, x, y, as_list) == pytest.approx(float(i2f_lower_bound(model, x, y, delta).value[0]))
+    assert compute_exact_bound(model, x, y, as_list, 0.1) == pytest.approx(
+        float(i2f(model, x, y, delta, eps=0.1).value[0])
+    )
+    with pytest.raises(ShapeError, match="length"):
+        i2f_lower_bound(model, x, y, delta[:-1])
+    with pytest.raises(ShapeError, match="1.weight"):
+        flatten_perturbation(model, {**as_dict, "1.weight": torch.zeros(2, 2)})
+    with pytest.raises(ShapeError, match="one tensor per entry"):
+        flatten_perturbation(model, as_list[:-1])
+
+
+class NoDoubleBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)
+
+
+def test_not_twice_differentiable_model_gets_clear_error():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Hardsigmoid(), nn.Linear(3, 2))
+    x, y = torch.randn(1, 1, 2, 2), torch.tensor([0])
+    delta = torch.randn(sum(p.numel() for p in model.parameters()))
+    with pytest.raises(NotTwiceDifferentiableError, match="hardsigmoid"):
+        i2f_lower_bound(model, x, y, delta)
