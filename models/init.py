@@ -1,0 +1,152 @@
+"""Named, seeded parameter initializations.
+
+A scheme is a function ``scheme(model, generator, **options)`` registered in :data:`INITIALIZATIONS`;
+:func:`initialize` runs it with a local ``torch.Generator`` seeded by ``seed``, so the result depends
+on ``(architecture, scheme, seed, options)`` only, never on the global RNG. Values are drawn on the
+CPU in ``named_parameters`` order and copied to each parameter's device, so a seed gives the same
+weights on every device.
+
+==================  =========================================================================
+``uniform``         every parameter, BatchNorm / LayerNorm affine terms included, from
+                    U(-bound, bound), bound 0.5 (as DLG's reference code does)
+``normal``          conv / linear weights from N(0, std²), std 0.1; their biases 0
+``kaiming_uniform`` conv / linear weights from He et al.'s U(±√(6 / fan_in)) (ReLU gain); biases 0
+``xavier_uniform``  conv / linear weights from Glorot's U(±√(6 / (fan_in + fan_out))); biases 0
+``default``         the architecture's own initialization: the model is left as constructed
+==================  =========================================================================
+
+Except under ``uniform``, normalization layers (BatchNorm, GroupNorm, LayerNorm, ...) are reset to
+their standard weight 1 and bias 0, and every other parameter (positional embeddings, class tokens,
+layer-scale factors) keeps its constructed value; seed the construction (``torch.manual_seed``) when
+those must be reproducible too. Buffers (BatchNorm running statistics) are never touched.
+
+Example:
+    >>> import timm, models
+    >>> from models.init import initialize
+    >>> net = initialize(timm.create_model("convnet5"), "uniform", seed=0)
+    >>> bool(all(p.abs().max() <= 0.5 for p in net.parameters()))
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.errors import ConfigError
+from benchmark.registry import Registry
+
+__all__ = ["INITIALIZATIONS", "initialize"]
+
+Scheme = Callable[..., None]
+INITIALIZATIONS: Registry[Scheme] = Registry("initialization")
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
+_WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _draw(param: torch.Tensor, fill: Callable[[torch.Tensor], Any]) -> None:
+    values = torch.empty(param.shape, dtype=param.dtype)
+    fill(values)
+    param.copy_(values)
+
+
+def _weighted(model: nn.Module) -> Iterator[nn.Module]:
+    return (m for m in model.modules() if isinstance(m, _WEIGHTED))
+
+
+def _reset_norms(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, _NORMS):
+            if getattr(module, "weight", None) is not None:
+                module.weight.fill_(1.0)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+
+
+def _fans(weight: torch.Tensor) -> tuple[int, int]:
+    receptive = math.prod(weight.shape[2:])
+    return weight.shape[1] * receptive, weight.shape[0] * receptive
+
+
+def _reinit_weighted(model: nn.Module, sample: Callable[[torch.Tensor], Any]) -> None:
+    _reset_norms(model)
+    for module in _weighted(model):
+        _draw(module.weight, sample)
+        if module.bias is not None:
+            module.bias.zero_()
+
+
+@INITIALIZATIONS.register("uniform")
+def uniform(model: nn.Module, generator: torch.Generator, bound: float = 0.5) -> None:
+    """Every parameter from U(-bound, bound)."""
+    for param in model.parameters():
+        _draw(param, lambda t: t.uniform_(-bound, bound, generator=generator))
+
+
+@INITIALIZATIONS.register("normal")
+def normal(model: nn.Module, generator: torch.Generator, std: float = 0.1) -> None:
+    """Conv / linear weights from N(0, std²), biases 0, normalization layers 1 / 0."""
+    _reinit_weighted(model, lambda t: t.normal_(0.0, std, generator=generator))
+
+
+@INITIALIZATIONS.register("kaiming_uniform")
+def kaiming_uniform(model: nn.Module, generator: torch.Generator) -> None:
+    """Conv / linear weights from U(±√(6 / fan_in)), biases 0, normalization layers 1 / 0."""
+
+    def sample(t: torch.Tensor) -> None:
+        bound = math.sqrt(6.0 / _fans(t)[0])
+        t.uniform_(-bound, bound, generator=generator)
+
+    _reinit_weighted(model, sample)
+
+
+@INITIALIZATIONS.register("xavier_uniform")
+def xavier_uniform(model: nn.Module, generator: torch.Generator) -> None:
+    """Conv / linear weights from U(±√(6 / (fan_in + fan_out))), biases 0, normalization layers 1 / 0."""
+
+    def sample(t: torch.Tensor) -> None:
+        bound = math.sqrt(6.0 / sum(_fans(t)))
+        t.uniform_(-bound, bound, generator=generator)
+
+    _reinit_weighted(model, sample)
+
+
+@INITIALIZATIONS.register("default")
+def default(model: nn.Module, generator: torch.Generator) -> None:
+    """The architecture's own initialization: nothing changes."""
+
+
+def initialize(model: nn.Module, scheme: str, seed: int, **options: Any) -> nn.Module:
+    """Initialize ``model`` in place by the registered ``scheme``, deterministically for ``seed``.
+
+    Args:
+        model: any ``nn.Module``.
+        scheme: a name in ``INITIALIZATIONS.list()``.
+        seed: seeds a local ``torch.Generator``; the global RNG is neither used nor advanced.
+        **options: scheme options (``bound`` for uniform, ``std`` for normal).
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> from torch import nn
+        >>> a = initialize(nn.Linear(3, 2), "kaiming_uniform", seed=1)
+        >>> b = initialize(nn.Linear(3, 2), "kaiming_uniform", seed=1)
+        >>> bool((a.weight == b.weight).all())
+        True
+    """
+    fn = INITIALIZATIONS.get(scheme)
+    generator = torch.Generator().manual_seed(int(seed))
+    try:
+        inspect.signature(fn).bind(model, generator, **options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for initialization {scheme!r}: {exc}") from None
+    with torch.no_grad():
+        fn(model, generator, **options)
+    return model
