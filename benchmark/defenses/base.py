@@ -1,0 +1,309 @@
+"""The defense interface: a typed, frozen dataclass that maps the clean gradient to the shared one.
+
+A defense ``M`` turns the victim's clean gradient ``g`` (a list of tensors aligned with the
+trainable parameters, ``context.parameter_names``) into the gradient the victim shares,
+``g̃ = M(g)``; the perturbation is ``δ = g̃ − g``. Stochastic defenses draw only from
+``context.generator``, so the same seed gives the same output.
+
+:func:`apply_defense` is how the benchmark calls a defense: it hands the defense copies of the
+gradient and checks what comes back (one tensor per parameter, same shapes, dtypes and devices,
+finite values). :func:`run_defense` also computes the clean gradient and returns flat vectors.
+
+Example:
+    >>> import torch
+    >>> from benchmark.case import DefenseContext
+    >>> from benchmark.defenses import create_defense, run_defense
+    >>> model = torch.nn.Linear(4, 3)
+    >>> context = DefenseContext(model, torch.randn(2, 4), torch.tensor([0, 2]))
+    >>> out = run_defense(create_defense("gaussian", sigma=0.1), context)
+    >>> out.clean.shape, out.perturbation.shape
+    (torch.Size([15]), torch.Size([15]))
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, ClassVar, Literal, Protocol, Union, get_args, get_origin, get_type_hints, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from benchmark.case import DefenseContext
+from benchmark.errors import ConfigError, DglbenchError, ShapeError
+from benchmark.registry import Registry
+
+__all__ = [
+    "DEFENSES",
+    "Defense",
+    "DefenseFn",
+    "DefendedGradient",
+    "NoDefense",
+    "apply_defense",
+    "clean_gradients",
+    "coerce_param",
+    "defense_name",
+    "describe_defense",
+    "register_defense",
+    "run_defense",
+]
+
+DEFENSES: Registry[type] = Registry("defense")
+
+
+@runtime_checkable
+class DefenseFn(Protocol):
+    """Anything the benchmark accepts as a defense: ``defense(gradients, context) -> gradients``."""
+
+    def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]: ...
+
+
+def register_defense(name: str):
+    """Class decorator: register a defense under ``name`` and record the name on the class."""
+
+    def decorator(cls: type) -> type:
+        cls.name = name  # type: ignore[attr-defined]
+        return DEFENSES.register(name)(cls)
+
+    return decorator
+
+
+# ------------------------------------------------------------------------------------- parameter types
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return " | ".join(repr(a) for a in get_args(hint))
+    if get_origin(hint) in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(hint))
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """``value`` converted to ``hint`` (numbers from strings too), or raise TypeError/ValueError."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value in get_args(hint):
+            return value
+        raise ValueError
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):  # exact matches first, then conversions
+            if option is type(None) and value is None or isinstance(option, type) and type(value) is option:
+                return value
+        for option in get_args(hint):
+            try:
+                return _coerce(value, option)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError
+    if hint is type(None):
+        if value is None:
+            return None
+        raise ValueError
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError
+    if hint is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            return int(value.strip())
+        raise ValueError
+    if hint is float:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return float(value.strip())
+        raise ValueError
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ValueError
+    return value
+
+
+def coerce_param(owner: str, name: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the type hint of parameter ``name``; a mismatch is a one-line ConfigError.
+
+    Integers pass as floats, and numbers written as strings (from a command line) are converted.
+
+    Example:
+        >>> coerce_param("gaussian", "sigma", "0.5", float)
+        0.5
+    """
+    try:
+        return _coerce(value, hint)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"defense {owner!r}: parameter {name!r} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------- the base class
+@dataclass(frozen=True)
+class Defense:
+    """Base class of the built-in defenses: a frozen dataclass whose fields are its parameters.
+
+    Subclasses are ``@dataclass(frozen=True)``, implement :meth:`__call__`, and may override
+    :meth:`check` (range checks with :meth:`require`) and :meth:`privacy`. Field values are checked
+    against their type hints on construction (a subclass that defines ``__post_init__`` must call
+    ``super().__post_init__()``).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            value = coerce_param(defense_name(self), f.name, getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Validate parameter ranges; raise ConfigError with one line naming the parameter."""
+
+    def require(self, ok: bool, parameter: str, requirement: str) -> None:
+        """For :meth:`check`: raise a one-line ConfigError unless ``ok`` (e.g. ``requirement=">= 0"``)."""
+        if not ok:
+            raise ConfigError(
+                f"defense {defense_name(self)!r}: parameter {parameter!r} must be {requirement}, "
+                f"got {getattr(self, parameter)!r}"
+            )
+
+    def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
+        """The shared gradient ``g̃``, one tensor per entry of ``gradients`` (do not modify the inputs)."""
+        raise NotImplementedError
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The defense's parameters as a plain dict (for records)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def privacy(self) -> dict[str, Any] | None:
+        """A formal privacy guarantee (e.g. DP ``epsilon``/``delta``), or ``None`` when there is none."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """``{"name", "params", "privacy"}`` — what a record stores about the defense."""
+        return {"name": defense_name(self), "params": self.params, "privacy": self.privacy()}
+
+
+def defense_name(defense: Any) -> str:
+    """The registered name of a defense, else ``module:Class``."""
+    cls = defense if isinstance(defense, type) or inspect.isroutine(defense) else type(defense)
+    return getattr(cls, "name", "") or f"{cls.__module__}:{cls.__qualname__}"
+
+
+def describe_defense(defense: Any) -> dict[str, Any]:
+    """:meth:`Defense.describe` for any defense object, also those that do not subclass :class:`Defense`."""
+    if hasattr(defense, "describe"):
+        return defense.describe()
+    if is_dataclass(defense):
+        params = {f.name: getattr(defense, f.name) for f in fields(defense)}
+    else:
+        params = {k: v for k, v in vars(defense).items() if not k.startswith("_")}
+    privacy = defense.privacy() if hasattr(defense, "privacy") else None
+    return {"name": defense_name(defense), "params": params, "privacy": privacy}
+
+
+@register_defense("none")
+@dataclass(frozen=True)
+class NoDefense(Defense):
+    """Share the clean gradient unchanged (δ = 0): the undefended baseline."""
+
+    def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
+        return [g.clone() for g in gradients]
+
+
+# ------------------------------------------------------------------------------------------- applying
+def apply_defense(defense: DefenseFn, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
+    """Run ``defense`` on copies of ``gradients`` and check its output.
+
+    Args:
+        defense: any callable ``(gradients, context) -> gradients``.
+        gradients: the clean gradient, one tensor per name in ``context.parameter_names``.
+        context: the victim's model, batch, case and generator.
+
+    Returns:
+        The defended gradient, detached, one tensor per parameter.
+
+    Raises:
+        ShapeError: the output has the wrong number of tensors or a wrong shape (names the parameter).
+        DglbenchError: the output has NaN/inf values, or another dtype or device than the input.
+    """
+    name = defense_name(defense)
+    params = context.parameter_names
+    if len(gradients) != len(params):
+        raise ShapeError(f"got {len(gradients)} gradient tensors for {len(params)} trainable parameters")
+    with torch.enable_grad():  # Soteria, DP-SGD and eigen-noise differentiate; inference_mode must be off
+        out = defense([g.detach().clone() for g in gradients], context)
+    if not isinstance(out, (list, tuple)) or len(out) != len(gradients):
+        got = f"{len(out)} tensors" if isinstance(out, (list, tuple)) else type(out).__name__
+        raise ShapeError(
+            f"defense {name!r} returned {got}; return a list of {len(gradients)} tensors, one per parameter"
+        )
+    checked = []
+    for param, g, h in zip(params, gradients, out):
+        if not isinstance(h, Tensor) or h.shape != g.shape:
+            got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            raise ShapeError(
+                f"defense {name!r} returned shape {got} for parameter {param!r}, expected {tuple(g.shape)}"
+            )
+        if h.dtype != g.dtype or h.device != g.device:
+            raise DglbenchError(
+                f"defense {name!r} returned {h.dtype} on {h.device} for parameter {param!r}; "
+                f"keep the input's {g.dtype} on {g.device}"
+            )
+        if not bool(torch.isfinite(h).all()):
+            raise DglbenchError(f"defense {name!r} returned NaN or inf values for parameter {param!r}")
+        checked.append(h.detach())
+    return checked
+
+
+@dataclass(frozen=True)
+class DefendedGradient:
+    """The clean and the defended gradient of one victim, as flat ``[d_θ]`` vectors."""
+
+    clean: Tensor
+    defended: Tensor
+
+    @property
+    def perturbation(self) -> Tensor:
+        """``δ = g̃ − g``."""
+        return self.defended - self.clean
+
+
+def clean_gradients(context: DefenseContext) -> list[Tensor]:
+    """The victim's clean gradient under the case's loss, one tensor per ``context.parameter_names``."""
+    named = dict(context.model.named_parameters())
+    missing = [n for n in context.parameter_names if n not in named]
+    if missing:
+        raise ConfigError(f"context.parameter_names lists {missing[:3]}, which the model does not have")
+    params = [named[n] for n in context.parameter_names]
+    with torch.enable_grad():
+        loss = context.case.loss_fn()(context.model(context.images), context.labels)
+        return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+
+def run_defense(defense: DefenseFn, context: DefenseContext) -> DefendedGradient:
+    """Compute the victim's clean gradient, defend it, and return both flattened.
+
+    Example:
+        >>> import torch
+        >>> from benchmark.case import DefenseContext
+        >>> model = torch.nn.Linear(3, 2)
+        >>> out = run_defense(NoDefense(), DefenseContext(model, torch.randn(1, 3), torch.tensor([1])))
+        >>> float(out.perturbation.abs().max())
+        0.0
+    """
+    clean = clean_gradients(context)
+    defended = apply_defense(defense, clean, context)
+    return DefendedGradient(torch.cat([g.reshape(-1) for g in clean]), torch.cat([g.reshape(-1) for g in defended]))
