@@ -1,0 +1,43 @@
+"""Gradient-inversion attacks: one module per attack, label inference, and a registry.
+
+==========================  ======================================================================
+``dlg``                     :class:`DLG` — Zhu et al. 2019: L-BFGS on ‖g(x') − g̃‖², labels jointly
+``idlg``                    :class:`IDLG` — Zhao et al. 2020: analytic labels, then DLG on images
+``inverting_gradients``     :class:`InvertingGradients` — Geiping et al. 2020: signed Adam on
+                            1 − cosine + TV, boxed, step decay, restarts
+==========================  ======================================================================
+
+Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> AttackResult`` for
+one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResult]`` for many.
+
+Example:
+    >>> from benchmark.attacks import ATTACKS, create_attack
+    >>> ATTACKS.list()
+    ['dlg', 'idlg', 'inverting_gradients']
+    >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
+    200
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmark.attacks.base import ATTACKS, Attack, AttackResult
+from benchmark.attacks.dlg import DLG, IDLG
+from benchmark.attacks.inverting_gradients import InvertingGradients
+from benchmark.attacks.labels import infer_labels
+
+__all__ = ["ATTACKS", "DLG", "IDLG", "Attack", "AttackResult", "InvertingGradients", "create_attack", "infer_labels"]
+
+
+def create_attack(name: str, **kwargs: Any) -> Attack:
+    """Instantiate the attack registered as ``name`` with its hyperparameters.
+
+    An unknown name raises :class:`~benchmark.errors.UnknownNameError` listing the available ones; an
+    unknown argument or a value of the wrong type or range raises :class:`~benchmark.errors.ConfigError`.
+
+    Example:
+        >>> create_attack("dlg", max_iterations=50).max_iterations
+        50
+    """
+    return ATTACKS.create(name, **kwargs)

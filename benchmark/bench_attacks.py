@@ -1,0 +1,160 @@
+"""Micro-benchmarks of the attacks: framework overhead per iteration, and victims/s batched vs looped.
+
+``bench_attack_overhead`` times :class:`~benchmark.attacks.InvertingGradients` against a minimal
+hand-written loop (forward, gradient with ``create_graph``, layer-wise cosine loss, backward, Adam
+step) on the same model and victim, interleaving the two so that both see the same machine load,
+and reports median and best per-iteration times and their ratios. ``bench_many_victims`` compares
+three ways to attack ``V`` independent victims: a Python loop of ``run``, one stacked optimization
+with per-victim autograd gradients and one backward for all, and the default ``torch.func.vmap``.
+
+Run ``python -m benchmark.bench_attacks`` (one intra-op thread) to print both.
+
+Example:
+    >>> from benchmark.bench_attacks import bench_attack_overhead
+    >>> out = bench_attack_overhead(image_size=8, iterations=3, repeats=1)
+    >>> sorted(k for k in out if k.startswith("ratio"))
+    ['ratio', 'ratio_bare', 'ratio_best']
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.attacks import InvertingGradients
+from benchmark.case import Case, Payload, make_payload
+from benchmark.gradients import flat_parameter_gradient
+
+__all__ = ["bench_attack_overhead", "bench_many_victims"]
+
+
+def _convnet5(image_size: int, seed: int) -> nn.Module:
+    import timm
+
+    import models
+
+    model = timm.create_model("convnet5", num_classes=10, in_chans=1, img_size=image_size)
+    return models.initialize(model, "uniform", seed=seed).eval()
+
+
+def _victims(model: nn.Module, count: int, image_size: int, seed: int) -> list[Payload]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(count, 1, 1, image_size, image_size, generator=generator) * 2 - 1
+    labels = torch.randint(0, 10, (count, 1), generator=generator)
+    case = Case()
+    return [make_payload(case, flat_parameter_gradient(model, x, y), y) for x, y in zip(images, labels)]
+
+
+def _hand_loop(model: nn.Module, payload: Payload, start: torch.Tensor, iterations: int, lr: float) -> float:
+    """The minimal attack loop, written out; returns the final loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    targets = torch.split(payload.gradient, [p.numel() for p in params])
+    assert payload.labels is not None
+    x = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([x], lr=lr)
+    loss = torch.zeros(())
+    for _ in range(iterations):
+        grads = torch.autograd.grad(F.cross_entropy(model(x), payload.labels), params, create_graph=True)
+        loss = sum(1 - F.cosine_similarity(g.flatten(), t, dim=0) for g, t in zip(grads, targets))
+        (x.grad,) = torch.autograd.grad(loss, [x])
+        optimizer.step()
+    return float(loss.detach())
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_attack_overhead(
+    *, image_size: int = 28, iterations: int = 100, repeats: int = 5, seed: int = 0
+) -> dict[str, float]:
+    """Per-iteration time of Inverting Gradients vs the minimal hand-written loop on convnet5.
+
+    Args:
+        image_size: side of the one-channel input.
+        iterations: optimizer steps per timed run.
+        repeats: interleaved timed runs of each (after one warm-up run each).
+        seed: model initialization and victim.
+
+    Returns:
+        median seconds per iteration for ``hand`` (the minimal loop), ``attack`` (the default
+        configuration: layer-wise cosine, TV, signed steps, box, step decay) and ``attack_bare``
+        (the same objective and optimizer as the hand loop: no TV, sign, box or decay), the best
+        (minimum) of each, and the ratios ``ratio`` = attack / hand and ``ratio_bare`` = attack_bare / hand.
+    """
+    model = _convnet5(image_size, seed)
+    (payload,) = _victims(model, 1, image_size, seed)
+    start = torch.randn(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(seed + 1))
+    box = (torch.tensor([-1.0]), torch.tensor([1.0]))
+    full = InvertingGradients(max_iterations=iterations)
+    bare = InvertingGradients(max_iterations=iterations, tv_weight=0.0, signed=False, boxed=False, lr_decay=False)
+    runs: dict[str, Any] = {
+        "hand": lambda: _hand_loop(model, payload, start, iterations, 0.1),
+        "attack": lambda: full.run(model, payload, start.shape[1:], box=box, init=start),
+        "attack_bare": lambda: bare.run(model, payload, start.shape[1:], init=start),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(_timed(fn) / iterations)
+    out = {f"{n}_s_per_iter": statistics.median(t) for n, t in times.items()}
+    out |= {f"{n}_best_s_per_iter": min(t) for n, t in times.items()}
+    out["ratio"] = out["attack_s_per_iter"] / out["hand_s_per_iter"]
+    out["ratio_bare"] = out["attack_bare_s_per_iter"] / out["hand_s_per_iter"]
+    out["ratio_best"] = out["attack_best_s_per_iter"] / out["hand_best_s_per_iter"]
+    return out
+
+
+def bench_many_victims(
+    *, victims: int = 8, image_size: int = 28, iterations: int = 20, repeats: int = 3, seed: int = 0
+) -> dict[str, float]:
+    """Victims per second of Inverting Gradients on ``victims`` independent victims, three ways.
+
+    ``loop``: ``run`` once per victim; ``stacked``: ``run_many`` with ``vectorize=False`` (one
+    optimizer over the stacked dummies, per-victim autograd gradients, one backward for the summed
+    objective); ``vmap``: ``run_many`` with the default ``vectorize=True``. Medians over ``repeats``
+    interleaved runs (after a warm-up) of ``iterations`` steps each.
+
+    Returns:
+        ``{loop,stacked,vmap}_victims_per_s``, ``{loop,stacked,vmap}_s`` and ``speedup_vmap`` (vmap / loop).
+    """
+    model = _convnet5(image_size, seed)
+    payloads = _victims(model, victims, image_size, seed)
+    shape = (1, image_size, image_size)
+    looped = InvertingGradients(max_iterations=iterations, vectorize=False)
+    vectorized = InvertingGradients(max_iterations=iterations)
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    runs: dict[str, Any] = {
+        "loop": lambda: [looped.run(model, p, shape, generator=gen()) for p in payloads],
+        "stacked": lambda: looped.run_many(model, payloads, shape, generator=gen()),
+        "vmap": lambda: vectorized.run_many(model, payloads, shape, generator=gen()),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(_timed(fn))
+    out = {f"{n}_s": statistics.median(t) for n, t in times.items()}
+    out |= {f"{n}_victims_per_s": victims / out[f"{n}_s"] for n in runs}
+    out["speedup_vmap"] = out["loop_s"] / out["vmap_s"]
+    out["speedup_stacked"] = out["loop_s"] / out["stacked_s"]
+    return out
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    print(json.dumps({"overhead": bench_attack_overhead(), "many_victims": bench_many_victims()}, indent=2))
