@@ -82,15 +82,109 @@ def _cmd_zoo(args: argparse.Namespace) -> None:
     print(format_table(capability_matrix(ZOO, pattern=args.pattern)))
 
 
-# ------------------------------------------------------------------------------------------------ I2F
-def _cmd_i2f(args: argparse.Namespace) -> None:
-    from benchmark.estimate import estimate_table
+# ------------------------------------------------------------------------------------------------ runs
+def load_config_file(path: str) -> dict[str, object]:
+    """A YAML/JSON trial config file as a dict; a missing or malformed file is one clear line."""
+    import yaml
 
-    rows = estimate_table(
-        model=args.model, dataset=args.dataset, victims=args.victims, init=args.init, seed=args.seed,
-        defense=args.defense, params=parse_params(args.param), eps=args.eps, image_size=args.image_size,
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of trial keys, got {type(data).__name__}")
+    return data
+
+
+def _overrides(extra: Sequence[str]) -> dict[str, object]:
+    """``--key=value`` / ``--key value`` pairs (as W&B agents pass them) → dotted-key overrides."""
+    import yaml
+
+    out: dict[str, object] = {}
+    items = list(extra)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--"):
+            raise ConfigError(f"unexpected argument {item!r}; overrides look like --defense_params.sigma=0.1")
+        key, sep, value = item[2:].partition("=")
+        if not sep:
+            if not items:
+                raise ConfigError(f"override --{key} has no value")
+            value = items.pop(0)
+        out[key.replace("-", "_") if "." not in key else key] = yaml.safe_load(value)
+    return out
+
+
+def _summary_rows(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    rows = []
+    for r in records:
+        i2f_ = r.get("i2f") or {}
+        met = r.get("metrics") or {}
+        row: dict[str, object] = {"victim": r["victim_id"], "status": r["status"]}
+        if i2f_:
+            row.update({"JtDelta": i2f_.get("jt_delta"), "MaxEigenValue": i2f_.get("max_eigenvalue"),
+                        "I2F_lb": i2f_.get("lower_bound")})  # fmt: skip
+            row.update({f"I2F(eps={k})": v for k, v in (i2f_.get("exact") or {}).items()})
+        if met:
+            row.update({"||x^-x||": met.get("l2_error"), "PSNR": met.get("psnr"), "SSIM": met.get("ssim")})
+        if r["status"] != "ok":
+            row["reason"] = r.get("reason")
+        rows.append(row)
+    return rows
+
+
+def _print_records(records: list[dict[str, object]]) -> None:
+    rows = _summary_rows(records)
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    print(_table(rows, columns))
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from benchmark.runner import run_trial
+    from benchmark.trial import TrialConfig
+
+    base = load_config_file(args.config) if args.config else {}
+    config = TrialConfig.from_dict(base).with_overrides(_overrides(args.overrides))
+    logger = _make_logger(args.logger, args.out, config)
+    records = run_trial(config, devices=args.devices, accelerator=args.accelerator, output_dir=args.out,
+                        progress=not args.quiet, logger=logger)  # fmt: skip
+    if records:
+        _print_records(records)
+        print(f"records: {args.out}/records/{config.trial_id}.json")
+
+
+def _make_logger(kind: str, out: str, config: object) -> object:
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(out, name="logs")
+    if kind == "wandb":
+        import os
+
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_MODE", "offline")  # works with no account; `wandb sync` uploads later
+        return WandbLogger(project="dglbench", save_dir=out, config=config.to_dict())  # type: ignore[attr-defined]
+    raise ConfigError(f"unknown logger {kind!r}; use csv, wandb or none")
+
+
+def _cmd_i2f(args: argparse.Namespace) -> None:
+    from benchmark.runner import run_trial
+    from benchmark.trial import TrialConfig
+
+    config = TrialConfig(
+        dataset=args.dataset, model=args.model, init=args.init, init_seed=args.seed, seed=args.seed,
+        defense=args.defense, defense_params=parse_params(args.param), attack=None, eps=tuple(args.eps),
+        dataset_params={"num_victims": args.victims, **({"image_size": args.image_size} if args.image_size else {})},
     )  # fmt: skip
-    print(_table(rows, list(rows[0])))
+    _print_records(run_trial(config, progress=False))
 
 
 _COMMAND_MODULES = ("benchmark.sweep.cli", "benchmark.leaderboard.cli")
@@ -123,8 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--defense", default="gaussian")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="defense parameter")
-    p.add_argument("--eps", type=float, default=0.1, help="damping of exact I2F")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.1], help="damping values of exact I2F")
     p.add_argument("--image-size", type=int, default=None)
+
+    p = add("run", _cmd_run, "run one trial (defense → I2F → attack → metrics) over its victims")
+    p.add_argument("--config", help="YAML file with trial keys (see benchmark/trial.py)")
+    p.add_argument("--devices", type=int, default=1, help="Lightning devices; >1 uses DDP")
+    p.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto")
+    p.add_argument("--out", default="runs", help="output folder (records/, parts/, logs/)")
+    p.add_argument("--logger", default="csv", choices=["csv", "wandb", "none"], help="wandb runs offline by default")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(accepts_overrides=True)  # --key=value trial overrides, e.g. --defense_params.sigma=0.1
 
     import importlib
 
@@ -138,8 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dglbench`` command; returns the exit status."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*(treespec|torch.jit.script).*")  # deprecations inside dependencies
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         code = args.handler(args)
     except DglbenchError as exc:

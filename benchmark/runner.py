@@ -1,0 +1,152 @@
+"""Run one trial on Lightning's Trainer and collect its records.
+
+Victims are sharded across devices by Lightning (``devices=N``: DDP; on CPU with gloo), each rank
+writes its victims' records to ``<out>/parts/<trial_id>/victim-<id>.json``, and rank 0 then writes
+the trial's single record file ``<out>/records/<trial_id>.json`` atomically. Victims whose part file
+exists are skipped, so a killed run resumes where it stopped.
+
+Example:
+    >>> from benchmark.runner import run_trial
+    >>> from benchmark.trial import TrialConfig
+    >>> cfg = TrialConfig(attack=None, dataset_params={"num_victims": 2, "image_size": 8})
+    >>> records = run_trial(cfg, progress=False)
+    >>> [r["status"] for r in records]
+    ['ok', 'ok']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.errors import ConfigError, DglbenchError
+from benchmark.io import atomic_write_json
+from benchmark.trial import TrialConfig
+
+__all__ = ["run_trial", "record_path", "load_trial_records", "make_trainer", "is_global_zero"]
+
+
+def is_global_zero() -> bool:
+    """Whether this process is rank 0 (always true outside DDP).
+
+    Under Lightning's default ``ddp`` launcher every rank re-runs the whole command, so code after a
+    trial (merging, cleaning up, printing, reports) must run on rank 0 only.
+    """
+    import torch.distributed as dist
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return getattr(rank_zero_only, "rank", 0) == 0  # from RANK / LOCAL_RANK, set by the launcher before start-up
+
+
+def record_path(output_dir: str | Path, config: TrialConfig) -> Path:
+    """Where a finished trial's record file lives."""
+    return Path(output_dir) / "records" / f"{config.trial_id}.json"
+
+
+def load_trial_records(path: str | Path) -> dict[str, Any]:
+    """Read a trial record file; a corrupt file is a one-line :class:`DglbenchError`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DglbenchError(f"cannot read trial record {path}: {exc}; delete it to re-run that trial") from None
+    if not isinstance(data, dict) or "victims" not in data:
+        raise DglbenchError(f"{path} is not a dglbench trial record (no 'victims'); delete it to re-run that trial")
+    return data
+
+
+def make_trainer(devices: int, accelerator: str, progress: bool, callbacks: list, logger: Any = False, **kw: Any):
+    """A Trainer for evaluation: no checkpoints, gradients enabled, DDP when ``devices > 1``."""
+    import lightning.pytorch as pl
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
+    strategy = kw.pop("strategy", None) or ("ddp" if devices > 1 else "auto")
+    return pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy, inference_mode=False, logger=logger,
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, callbacks=callbacks,
+        **kw,
+    )  # fmt: skip
+
+
+def run_trial(
+    config: TrialConfig | dict[str, Any],
+    *,
+    devices: int = 1,
+    accelerator: str = "cpu",
+    output_dir: str | Path | None = None,
+    progress: bool = True,
+    logger: Any = False,
+    strategy: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run a trial over its victims and return one record per victim (sorted by victim id).
+
+    Args:
+        config: the trial.
+        devices: Lightning devices (processes under DDP).
+        accelerator: ``"cpu"``, ``"gpu"``, ``"auto"``...
+        output_dir: where part files and the trial record go (``None``: a temporary folder, removed on return;
+            one device only, as every rank must see the same folder).
+        progress: show Lightning's progress bar over victim batches.
+        logger: a Lightning logger (CSV, W&B) or ``False``.
+        strategy: Lightning strategy (default: ``ddp`` when ``devices > 1``).
+
+    Returns:
+        The records on rank 0 (every victim, failed ones included); ``[]`` on other ranks.
+    """
+    config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
+    config.validate()  # unknown names and bad parameters fail here, before anything is written
+    if output_dir is not None:
+        return _run_trial(config, Path(output_dir), devices, accelerator, progress, logger, strategy)
+    if devices != 1:
+        raise ConfigError("a trial on several devices needs an output_dir that every rank can write to")
+    with tempfile.TemporaryDirectory(prefix="dglbench-") as tmp:
+        return _run_trial(config, Path(tmp), devices, accelerator, progress, logger, strategy)
+
+
+def _run_trial(
+    config: TrialConfig, out: Path, devices: int, accelerator: str, progress: bool, logger: Any, strategy: str | None
+) -> list[dict[str, Any]]:
+    from benchmark.modules import LeakageModule, RecordWriter, log_record
+    from datamodules import create_datamodule
+
+    if accelerator == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Victims are small: intra-op threads cost more than they give (a trial measured 7x slower with 2
+        # threads on 2 cores). Set OMP_NUM_THREADS to choose another number.
+        torch.set_num_threads(1)
+    final = record_path(out, config)
+    if final.exists():
+        return load_trial_records(final)["victims"]
+    parts = out / "parts" / config.trial_id
+    dm = create_datamodule(config.dataset, **{"victims_per_step": config.victims_per_step, **config.dataset_params})
+    module = LeakageModule(config, records_dir=str(parts))
+    trainer = make_trainer(devices, accelerator, progress, [RecordWriter(parts)], logger=logger, strategy=strategy)
+    trainer.predict(module, datamodule=dm, return_predictions=False)
+    trainer.strategy.barrier()
+    if trainer.global_rank != 0:
+        return []
+    ids = dm.victim_ids()
+    records = []
+    for vid in ids:
+        path = parts / f"victim-{vid:06d}.json"
+        if not path.exists():
+            raise DglbenchError(f"victim {vid} of trial {config.trial_id} has no record in {parts}; re-run to resume")
+        records.append(json.loads(path.read_text()))
+    atomic_write_json(final, {"schema_version": 1, "trial_id": config.trial_id, "config": config.to_dict(),
+                              "victims": records})  # fmt: skip
+    if trainer.world_size > 1:  # loggers live on rank 0 only: log every rank's victims here, in victim order
+        for rec in records:
+            log_record(trainer.loggers, rec)
+        for lg in trainer.loggers:
+            lg.save()
+    return records
