@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: help demo test test-all lint bench lock clean
+.PHONY: help install demo test test-fast lint bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -21,11 +21,11 @@ install: $(STAMP)  ## create .venv and install dglbench with its test tools (onc
 demo: $(STAMP)  ## run the main job on embedded data (experiment 1: I2F vs attack error)
 	$(BIN)/dglbench demo
 
-test: $(STAMP)  ## run the test suite (offline, CPU)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+test: $(STAMP)  ## run the whole test suite and the docstring examples (offline, CPU)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --doctest-modules tests benchmark models datamodules
 
-test-all: $(STAMP)  ## the test suite including slow tests
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+test-fast: $(STAMP)  ## the suite without tests marked slow (the full zoo matrix)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" --doctest-modules tests benchmark models datamodules
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check benchmark models datamodules tests

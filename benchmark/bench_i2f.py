@@ -79,7 +79,7 @@ def bench_case(
     xs = [torch.randn(1, *image_shape) for _ in range(victims)]
     ys = [torch.tensor([i % 2]) for i in range(victims)]
     ds = [1e-3 * torch.randn(d) for _ in range(victims)]
-    many_t, _ = _median_time(lambda: i2f_lower_bound(model, xs, ys, ds, tol=1e-4), 1)
+    many_t, _ = _median_time(lambda: i2f_lower_bound(model, xs, ys, ds, tol=1e-4, vectorize=True), 1)
     loop_t, _ = _median_time(lambda: [i2f_lower_bound(model, a, b, c, tol=1e-4) for a, b, c in zip(xs, ys, ds)], 1)
     assert isinstance(ref, ReferenceResult)
     lam = float(lb.max_eigenvalue[0])  # type: ignore[union-attr]

@@ -219,17 +219,23 @@ class LeakageModule(pl.LightningModule):
             "mode": self.mode, "status": "ok", "reason": None, "i2f": None, "attack": None, "metrics": None,
             "utility": None, "defense": None,
             "seconds": {"defense": 0.0, "i2f": 0.0, "attack": 0.0, "metrics": 0.0, "total": 0.0},
-            "peak_memory_mb": None, "provenance": provenance(self.device, self.config.dtype),
+            "peak_memory_mb": None,
+            "provenance": {**provenance(self.device, self.config.dtype), "seeds": {
+                "trial": self.config.seed, "init": self.config.init_seed,
+                "victims": int(self.config.dataset_params.get("seed", 0)),
+            }},
         }  # fmt: skip
 
     @staticmethod
     def _fail(victim: dict[str, Any], stage: str, exc: BaseException) -> None:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, DglbenchError):  # e.g. "ZeroDivisionError: division by zero"
+            text = f"{type(exc).__name__}: {text}"
         victim["record"]["status"] = "failed"
         victim["record"]["reason"] = f"{stage}: {text}"
 
     def _defend(self, victims: list[dict[str, Any]]) -> None:
-        from benchmark.defenses import describe_defense, run_defense
+        from benchmark.defenses import defense_name, describe_defense, run_defense
 
         assert self.victim_model is not None
         for v in victims:
@@ -244,8 +250,11 @@ class LeakageModule(pl.LightningModule):
                 cos = torch.nn.functional.cosine_similarity(out.clean, out.defended, dim=0)
                 v["record"]["utility"] = {"gradient_cosine": float(cos)}
                 v["record"]["defense"] = _jsonable(describe_defense(self.defense))
-            except (DglbenchError, RuntimeError, ValueError) as exc:
+            except DglbenchError as exc:
                 self._fail(v, "defense", exc)
+            except Exception as exc:  # third-party defenses may raise anything: one victim fails, the rest go on
+                self._fail(v, "defense", exc)
+                v["record"]["reason"] += f" (defense {defense_name(self.defense)!r})"
             v["record"]["seconds"]["defense"] = time.perf_counter() - start
 
     def _estimate(self, victims: list[dict[str, Any]]) -> None:
