@@ -129,6 +129,8 @@ def _run_trial(
         return load_trial_records(final)["victims"]
     parts = out / "parts" / config.trial_id
     dm = create_datamodule(config.dataset, **{"victims_per_step": config.victims_per_step, **config.dataset_params})
+    if isinstance(devices, int) and dm.num_victims < devices:  # fail once, here, rather than on every rank
+        raise ConfigError(f"{dm.name}: num_victims={dm.num_victims} < {devices} devices; raise num_victims")
     module = LeakageModule(config, records_dir=str(parts))
     trainer = make_trainer(devices, accelerator, progress, [RecordWriter(parts)], logger=logger, strategy=strategy)
     trainer.predict(module, datamodule=dm, return_predictions=False)

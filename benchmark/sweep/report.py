@@ -232,6 +232,7 @@ def write_report(sweep_dir: str | Path, *, bootstrap: int = 1000, plots: bool = 
 
         if has_attack and any(r.predictors.get("lower_bound") is not None for r in rows):
             paths["scatter"] = plot_scatter(rows, out / "i2f_vs_error")
+        if has_attack:
             paths["strength"] = plot_strength(rows, out / "metric_vs_strength")
         paths["ranking"] = plot_ranking(rank, out / "risk_ranking")
     return {"paths": paths, "table": table, "ranking": rank, "markdown": md}

@@ -74,6 +74,8 @@ def run_sweep(
     for cfg in bar:
         if record_path(out, cfg).exists():
             skipped += 1
+            if is_global_zero():  # a run killed between the record and the clean-up leaves part files
+                shutil.rmtree(out / "parts" / cfg.trial_id, ignore_errors=True)
             continue
         if max_trials is not None and ran >= max_trials:
             break

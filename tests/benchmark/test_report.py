@@ -1,0 +1,187 @@
+"""Sweep reports on synthetic records with known relations: correlations, failures, files."""
+
+import copy
+import csv
+import json
+import math
+import random
+import statistics
+
+import pytest
+
+from benchmark.errors import DglbenchError
+from benchmark.io import atomic_write_json
+from benchmark.runner import run_trial
+from benchmark.sweep.report import correlation_table, load_rows, ranking, write_report
+from benchmark.trial import TrialConfig
+
+N_PER_TRIAL = 10
+SIGMAS = (0.001, 0.01, 0.1)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict:
+    """One real victim record (the format run_trial writes); the tests overwrite its numbers."""
+    cfg = TrialConfig.from_dict(
+        {"dataset_params": {"num_victims": 1, "image_size": 8}, "lpips": False, "attack_params": {"max_iterations": 2}}
+    )
+    (record,) = run_trial(cfg, progress=False)
+    assert record["status"] == "ok" and record["i2f"] and record["metrics"]
+    return record
+
+
+def write_trial(folder, template, model, sigma, victims):
+    """A trial record file with synthetic victims: each a dict of lb, exact, l2, ssim and optional status."""
+    cfg = TrialConfig.from_dict(
+        {**template["config"], "model": model, "defense": "gaussian", "defense_params": {"sigma": sigma}}
+    )
+    records = []
+    for j, v in enumerate(victims):
+        rec = copy.deepcopy(template)
+        rec.update(victim_id=j, trial_id=cfg.trial_id, config=cfg.to_dict())
+        rec["i2f"].update(lower_bound=v["lb"], exact={"0.1": v["exact"]})
+        rmse = v["l2"] / 8
+        rec["metrics"].update(
+            l2_error=v["l2"], rmse=rmse, mse=rmse**2, psnr=-20 * math.log10(rmse), ssim=v["ssim"], lpips_alex=None
+        )
+        if v.get("failed"):
+            rec.update(status="failed", reason="attack: synthetic failure")
+        records.append(rec)
+    body = {"schema_version": 1, "trial_id": cfg.trial_id, "config": cfg.to_dict(), "victims": records}
+    atomic_write_json(folder / "records" / f"{cfg.trial_id}.json", body)
+
+
+def synthetic_sweep(folder, template, n_random: int = 200) -> dict:
+    rng = random.Random(0)
+    truth = {"lb": []}
+    # convnet5: attack error a strictly increasing power law of the I2F lower bound, 3 failed victims
+    for sigma in SIGMAS:
+        victims = []
+        for _ in range(N_PER_TRIAL):
+            x = 10 ** rng.uniform(-3, 1)
+            truth["lb"].append(x)
+            victims.append({"lb": x, "exact": x / (1 + x), "l2": 3 * x**0.7, "ssim": 1 / (1 + x)})
+        # a failed victim whose numbers would break the relation if they were used
+        victims.append({"lb": 1e3, "exact": 1e3, "l2": 1e-4, "ssim": 0.999, "failed": True})
+        write_trial(folder, template, "convnet5", sigma, victims)
+    # mlp_1x256: independent columns
+    victims = [
+        {"lb": 10 ** rng.uniform(-3, 1), "exact": rng.random(), "l2": 10 ** rng.uniform(-1, 1), "ssim": rng.random()}
+        for _ in range(n_random)
+    ]
+    write_trial(folder, template, "mlp_1x256", 0.01, victims)
+    return truth
+
+
+def row(table, arch, predictor, target):
+    (r,) = [r for r in table if (r["architecture"], r["predictor"], r["target"]) == (arch, predictor, target)]
+    return r
+
+
+def test_known_relations_and_failures(tmp_path, template):
+    truth = synthetic_sweep(tmp_path, template)
+    rows = load_rows(tmp_path)
+    assert len(rows) == 3 * (N_PER_TRIAL + 1) + 200
+    table = correlation_table(rows, bootstrap=50)
+    n_ok = 3 * N_PER_TRIAL
+    for target, sign in (("l2_error", 1), ("rmse", 1), ("psnr", -1)):
+        r = row(table, "convnet5", "lower_bound", target)
+        assert (r["n"], r["failed"], r["dropped"]) == (n_ok, 3, 0)
+        assert r["spearman"] == pytest.approx(sign) and r["kendall"] == pytest.approx(sign)
+        # power law: log error is linear in log I2F; PSNR is linear in log10 I2F
+        assert r["pearson_log"] == pytest.approx(sign, abs=1e-9)
+        assert r["spearman_ci"] == pytest.approx([sign, sign]) and r["kendall_ci"] == pytest.approx([sign, sign])
+    r = row(table, "convnet5", "lower_bound", "ssim")  # strictly decreasing, not a power law
+    assert r["spearman"] == pytest.approx(-1) and r["kendall"] == pytest.approx(-1) and r["pearson_log"] > -1
+    r = row(table, "convnet5", "exact@0.1", "l2_error")  # strictly increasing, not a power law
+    assert r["spearman"] == pytest.approx(1) and r["kendall"] == pytest.approx(1) and r["pearson_log"] < 1
+    for target in ("l2_error", "psnr", "ssim"):
+        r = row(table, "mlp_1x256", "lower_bound", target)
+        assert r["n"] == 200 and r["failed"] == 0
+        assert abs(r["spearman"]) < 0.2 and abs(r["kendall"]) < 0.2 and abs(r["pearson_log"]) < 0.2, r
+        lo, hi = r["spearman_ci"]
+        assert lo < r["spearman"] < hi
+    pooled = row(table, "all", "lower_bound", "l2_error")
+    assert (pooled["n"], pooled["failed"]) == (n_ok + 200, 3)
+    assert not [r for r in table if r["target"].startswith("lpips")]  # no LPIPS values: no LPIPS rows
+
+    rank = {r["architecture"]: r for r in ranking(rows)}
+    assert rank["convnet5"]["median_i2f_lb"] == pytest.approx(statistics.median(truth["lb"]))
+    assert (rank["convnet5"]["n"], rank["convnet5"]["failed"]) == (n_ok, 3)
+
+
+def test_report_files(tmp_path, template):
+    synthetic_sweep(tmp_path, template)
+    rep = write_report(tmp_path, bootstrap=50)
+    out = tmp_path / "report"
+    md = (out / "report.md").read_text()
+    assert "| convnet5 | gaussian | lower_bound | l2_error | 30 | 3 | +1.000 [+1.00, +1.00] | +1.000" in md
+    assert "233 victims in 4 trials; 3 failed." in md and "attack: synthetic failure" in md
+
+    with (out / "correlations.csv").open() as fh:
+        parsed = list(csv.DictReader(fh))
+    assert len(parsed) == len(rep["table"])
+    (r,) = [
+        r for r in parsed if (r["architecture"], r["predictor"], r["target"]) == ("convnet5", "lower_bound", "psnr")
+    ]
+    assert (int(r["n"]), int(r["failed"]), int(r["dropped"])) == (30, 3, 0)
+    assert float(r["spearman"]) == pytest.approx(-1) and float(r["pearson_log"]) == pytest.approx(-1)
+    assert float(r["spearman_lo"]) <= float(r["spearman"]) <= float(r["spearman_hi"])
+
+    tex = (out / "correlations.tex").read_text()
+    assert tex.startswith(r"\begin{tabular}") and tex.rstrip().endswith(r"\end{tabular}")
+    assert r"convnet5 & gaussian & lower\_bound & l2\_error & 30 & 3 & 1.000 & 1.000 & 1.000 \\" in tex
+
+    for stem in ("i2f_vs_error", "metric_vs_strength", "risk_ranking"):
+        png, pdf = (out / f"{stem}.png").read_bytes(), (out / f"{stem}.pdf").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 1000
+        assert pdf.startswith(b"%PDF") and len(pdf) > 1000
+    assert set(rep["paths"]) == {"markdown", "csv", "latex", "scatter", "strength", "ranking"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def strip(folder, *sections):
+    """Turn the records into estimate-only (metrics, attack) or attack-only (i2f) records."""
+    for path in (folder / "records").glob("*.json"):
+        trial = json.loads(path.read_text())
+        for v in trial["victims"]:
+            v.update(dict.fromkeys(sections))
+        path.write_text(json.dumps(trial))
+
+
+def test_estimate_only_sweep_reports_the_ranking(tmp_path, template):
+    victims = [{"lb": v, "exact": v, "l2": 1.0, "ssim": 0.5} for v in (0.1, 0.2, 0.3)]
+    write_trial(tmp_path, template, "mlp_1x256", 0.01, [*victims, {**victims[0], "failed": True}])
+    write_trial(tmp_path, template, "convnet5", 0.01, [{**v, "lb": 10 * v["lb"]} for v in victims])
+    strip(tmp_path, "metrics", "attack")
+    rep = write_report(tmp_path, bootstrap=0)
+    assert set(rep["paths"]) == {"markdown", "csv", "latex", "ranking"}  # no attack: no scatter, no strength plot
+    assert [(r["architecture"], r["median_i2f_lb"], r["n"], r["failed"]) for r in rep["ranking"]] == [
+        ("mlp_1x256", 0.2, 3, 1),
+        ("convnet5", pytest.approx(2.0), 3, 0),
+    ]
+    assert "| 1 | mlp_1x256 | 0.2 | 3 | 1 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_ranking_plot_of_undefended_trials(tmp_path, template):
+    """No defense: δ = 0, so every I2F is exactly 0, which a log axis cannot show."""
+    write_trial(tmp_path, template, "convnet5", 0.01, [{"lb": 0.0, "exact": 0.0, "l2": 0.1, "ssim": 0.9}] * 3)
+    rep = write_report(tmp_path, bootstrap=0)
+    assert rep["ranking"][0]["median_i2f_lb"] == 0.0
+    assert rep["paths"]["ranking"].stat().st_size > 0 and rep["paths"]["strength"].stat().st_size > 0
+
+
+def test_attack_only_records_are_not_counted_as_failed(tmp_path, template):
+    victims = [{"lb": 1.0, "exact": 1.0, "l2": v, "ssim": 0.5} for v in (1.0, 2.0, 3.0)]
+    write_trial(tmp_path, template, "convnet5", 0.01, victims)
+    strip(tmp_path, "i2f")
+    rows = load_rows(tmp_path)
+    assert all(r.predictors["lower_bound"] is None for r in rows)
+    assert ranking(rows) == []
+    rep = write_report(tmp_path, bootstrap=0)
+    assert "0 failed" in rep["markdown"] and set(rep["paths"]) == {"markdown", "csv", "latex", "strength", "ranking"}
+
+
+def test_empty_sweep_folder_is_an_error(tmp_path):
+    with pytest.raises(DglbenchError, match="no trial records"):
+        write_report(tmp_path)
