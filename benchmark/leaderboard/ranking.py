@@ -1,0 +1,127 @@
+"""Ranking: privacy at matched utility, and the privacy–utility Pareto frontier.
+
+The rule is the track's (:class:`~benchmark.leaderboard.track.RankingSpec`):
+
+1. An entry is *eligible* when its FedSGD test accuracy is at most ``max_accuracy_drop`` percentage
+   points below the undefended accuracy, and its ranking attack has a value (not every victim failed).
+2. Eligible entries are ordered by the mean ranking ``metric`` of the ranking ``attack`` — less
+   leakage first (lower PSNR/SSIM/label accuracy, higher l2 error/LPIPS) — then by ``tie_break``,
+   then by entry id; ranks are 1, 2, ... in that order.
+3. Other entries are listed unranked, after the ranked ones: "add infinite noise" protects
+   perfectly and destroys the model, so it never wins.
+4. Independently, an entry is on the *Pareto frontier* when no other entry has at least its
+   accuracy and at most its leakage, one of them strictly.
+
+Example:
+    >>> leak(30.0, "psnr"), leak(2.0, "l2_error")
+    (30.0, -2.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from benchmark.leaderboard.schema import Entry
+from benchmark.leaderboard.track import METRICS, Track
+
+__all__ = ["Row", "leak", "rank_entries"]
+
+
+def leak(value: float, metric: str) -> float:
+    """``value`` oriented so that larger always means more leakage."""
+    return value if METRICS[metric] else -value
+
+
+@dataclass(frozen=True)
+class Row:
+    """One entry's place on its track's leaderboard.
+
+    Attributes:
+        entry: the entry.
+        rank: 1, 2, ... for eligible entries; ``None`` for unranked ones.
+        attack: the attack the ranking value comes from (the strongest one under ``attack: strongest``).
+        value / tie_value: mean ranking metric and tie-break metric of that attack (``None``: no value).
+        accuracy / drop: FedSGD test accuracy and its drop from the undefended accuracy (points).
+        eligible: whether the utility rule admits the entry.
+        pareto: whether the entry is on the privacy–utility frontier.
+        note: why an entry is unranked, else ``""``.
+    """
+
+    entry: Entry
+    rank: int | None
+    attack: str | None
+    value: float | None
+    tie_value: float | None
+    accuracy: float
+    drop: float
+    eligible: bool
+    pareto: bool
+    note: str
+
+
+def _attack_value(track: Track, entry: Entry) -> tuple[str | None, float | None, float | None]:
+    metric, tie = track.ranking.metric, track.ranking.tie_break
+    candidates = []
+    for summary in entry.privacy:
+        if track.ranking.attack not in ("strongest", summary.attack):
+            continue
+        value = summary.metrics[metric].mean if metric in summary.metrics else None
+        tie_value = summary.metrics[tie].mean if tie in summary.metrics else None
+        if value is not None:
+            candidates.append((summary.attack, value, tie_value))
+    if not candidates:
+        return (None if track.ranking.attack == "strongest" else track.ranking.attack), None, None
+    return max(candidates, key=lambda c: (leak(c[1], metric), leak(c[2], tie) if c[2] is not None else 0.0))
+
+
+def _pareto(points: list[tuple[float, float] | None]) -> list[bool]:
+    """Points ``(accuracy, leakage)``: non-dominated when no other has >= accuracy and <= leakage, one strict."""
+    out = []
+    for i, p in enumerate(points):
+        if p is None:
+            out.append(False)
+            continue
+        dominated = any(
+            q is not None and q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1])
+            for j, q in enumerate(points)
+            if j != i
+        )
+        out.append(not dominated)
+    return out
+
+
+def rank_entries(track: Track, entries: Sequence[Entry]) -> list[Row]:
+    """The track's leaderboard: ranked entries first (rank 1 = best privacy at matched utility), then unranked.
+
+    Entries of other tracks are ignored.
+    """
+    metric, tie = track.ranking.metric, track.ranking.tie_break
+    mine = [e for e in entries if e.track == track.ref]
+    values = [_attack_value(track, e) for e in mine]
+    points = [
+        (e.utility.fedsgd.test_accuracy, leak(v, metric)) if v is not None else None
+        for e, (_, v, _) in zip(mine, values)
+    ]
+    frontier = _pareto(points)
+    rows = []
+    for e, (attack, value, tie_value), pareto in zip(mine, values, frontier):
+        fed = e.utility.fedsgd
+        drop = fed.undefended_test_accuracy - fed.test_accuracy
+        utility_ok = drop <= track.ranking.max_accuracy_drop + 1e-9
+        note = ""
+        if not utility_ok:
+            note = f"accuracy drop {drop:.1f} > {track.ranking.max_accuracy_drop:g} points"
+        elif value is None:
+            note = "no successful attack run to rank by"
+        rows.append(Row(e, None, attack, value, tie_value, fed.test_accuracy, drop, utility_ok and value is not None,
+                        pareto, note))  # fmt: skip
+
+    def order(row: Row) -> tuple:
+        tie_key = leak(row.tie_value, tie) if row.tie_value is not None else float("inf")
+        return (leak(row.value, metric) if row.value is not None else float("inf"), tie_key, row.entry.entry_id)
+
+    ranked = sorted((r for r in rows if r.eligible), key=order)
+    unranked = sorted((r for r in rows if not r.eligible), key=lambda r: (-r.accuracy, order(r)))
+    out = [replace(r, rank=i + 1) for i, r in enumerate(ranked)]
+    return out + unranked

@@ -1,0 +1,80 @@
+"""Where entries live and how they are read: JSON only, migrated to the current schema on load.
+
+``leaderboards/v<N>/entries/<track id>/<defense slug>-<config hash>.json`` holds the entry and
+``<defense slug>-<config hash>.victims.json`` its per-victim records. Nothing is unpickled.
+
+Example:
+    >>> entry_paths("digits-convnet5@1", "gaussian", "0123456789ab", "/lb")[0].as_posix()
+    '/lb/v1/entries/digits-convnet5/gaussian-0123456789ab.json'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import DglbenchError
+from benchmark.leaderboard.schema import Entry, VictimsFile, entry_slug
+from benchmark.leaderboard.track import default_root
+from benchmark.leaderboard.typed import from_dict
+
+__all__ = ["EntryFileError", "entry_files", "entry_paths", "load_entry", "load_victims", "read_json", "victims_path"]
+
+VICTIMS_SUFFIX = ".victims.json"
+
+
+class EntryFileError(DglbenchError, ValueError):
+    """An entry or victims file cannot be read or does not match the schema."""
+
+
+def entry_paths(track_ref: str, defense: str, digest: str, root: str | Path | None = None) -> tuple[Path, Path]:
+    """(entry file, victims file) of a (track, defense, config hash)."""
+    track_id, _, version = track_ref.partition("@")
+    folder = Path(root or default_root()) / f"v{version}" / "entries" / track_id
+    stem = f"{entry_slug(defense)}-{digest}"
+    return folder / f"{stem}.json", folder / f"{stem}{VICTIMS_SUFFIX}"
+
+
+def victims_path(entry_path: str | Path) -> Path:
+    """The victims file beside an entry file."""
+    p = Path(entry_path)
+    return p.with_name(p.name[: -len(".json")] + VICTIMS_SUFFIX)
+
+
+def entry_files(root: str | Path | None = None) -> list[Path]:
+    """Every stored entry file (victims files excluded), sorted."""
+    root = Path(root or default_root())
+    return sorted(p for p in root.glob("v*/entries/*/*.json") if not p.name.endswith(VICTIMS_SUFFIX))
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; NaN/Infinity literals are rejected; errors are one :class:`EntryFileError` line."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse)
+    except (OSError, ValueError) as exc:
+        raise EntryFileError(f"{path}: cannot read JSON: {str(exc).splitlines()[0]}") from None
+
+
+def load_entry(path: str | Path) -> Entry:
+    """Read an entry, migrate it to the current schema, and check it strictly against :class:`Entry`."""
+    from benchmark.leaderboard.migrations import migrate
+
+    data = read_json(path)
+    try:
+        return from_dict(Entry, migrate(data))
+    except DglbenchError as exc:
+        raise EntryFileError(f"{path}: {exc}") from None
+
+
+def load_victims(path: str | Path) -> VictimsFile:
+    """Read a victims file and check its envelope (the records are checked by ``validate``)."""
+    data = read_json(path)
+    try:
+        return from_dict(VictimsFile, data)
+    except DglbenchError as exc:
+        raise EntryFileError(f"{path}: {exc}") from None

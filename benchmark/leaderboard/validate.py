@@ -1,0 +1,253 @@
+"""``dglbench leaderboard validate``: every stored entry is well-formed, consistent, and recomputable.
+
+Checks, each reported as one line ``<file>: <problem>``:
+
+* **schema** — the entry and its victims file parse under schema v1 (after migration): no unknown
+  or missing keys, every value of its declared type (numbers are numbers, not strings);
+* **identity** — ``entry_id``, file name, ``config_hash`` and the defense's name and parameters agree;
+  no two files share an entry id;
+* **track** — the track exists, and its content hash is the one the entry was measured under;
+* **configuration** — every record was produced by the configuration the track prescribes for this
+  defense (same trial ids, same resolved :class:`~benchmark.trial.TrialConfig`);
+* **coverage** — every trial has a record for each of the track's victims exactly once;
+* **aggregates** — privacy, I2F and gradient-cosine summaries recomputed from the victims file match
+  the stored ones (relative tolerance 1e-6), and derived fields (``accuracy_drop``, failure counts,
+  FedSGD settings, seeds) match their inputs;
+* **data files** — the JSON Schema files in ``leaderboards/v1/schema`` match the dataclasses.
+
+Example:
+    >>> problems = validate_paths([])  # all stored entries
+    >>> problems
+    []
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import DglbenchError
+from benchmark.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
+from benchmark.leaderboard.schema import (
+    Entry,
+    config_hash,
+    entry_json_schema,
+    entry_slug,
+    victims_json_schema,
+)
+from benchmark.leaderboard.store import entry_files, load_entry, load_victims, read_json, victims_path
+from benchmark.leaderboard.track import LOCATION_KEYS, default_root, list_tracks, load_track
+from benchmark.leaderboard.typed import to_dict
+
+__all__ = ["diff", "validate_entry", "validate_paths"]
+
+REL_TOL = 1e-6
+
+
+def diff(stored: Any, recomputed: Any, path: str = "") -> str | None:
+    """The first place where ``stored`` and ``recomputed`` JSON data differ (floats within 1e-6 relative)."""
+    if isinstance(stored, dict) and isinstance(recomputed, dict):
+        for key in sorted(set(stored) | set(recomputed)):
+            sub = f"{path}.{key}" if path else key
+            if key not in stored or key not in recomputed:
+                return f"{sub}: present in {'the victims' if key in recomputed else 'the entry'} only"
+            found = diff(stored[key], recomputed[key], sub)
+            if found:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(recomputed, list):
+        if len(stored) != len(recomputed):
+            return f"{path}: {len(stored)} items stored, {len(recomputed)} recomputed"
+        for i, (a, b) in enumerate(zip(stored, recomputed)):
+            found = diff(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    numbers = (int, float)
+    if (
+        isinstance(stored, numbers)
+        and isinstance(recomputed, numbers)
+        and not isinstance(stored, bool)
+        and not isinstance(recomputed, bool)
+    ):
+        if math.isclose(stored, recomputed, rel_tol=REL_TOL, abs_tol=1e-12):
+            return None
+    elif stored == recomputed and type(stored) is type(recomputed):
+        return None
+    return f"{path}: stored {stored!r}, but the victims file gives {recomputed!r}"
+
+
+def _protocol(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial configuration without the dataset's location keys (where files are is not what was measured)."""
+    params = {k: v for k, v in config["dataset_params"].items() if k not in LOCATION_KEYS}
+    return {**config, "dataset_params": params}
+
+
+def _check(entry: Entry, path: Path, root: Path) -> list[str]:
+    problems: list[str] = []
+    d = entry.defense
+    digest = config_hash(entry.track, d.name, d.params)
+    expected_id = f"{entry.track}/{entry_slug(d.name)}-{digest}"
+    if entry.entry_id != expected_id:
+        problems.append(f"entry_id {entry.entry_id!r} does not match its track, defense and parameters ({expected_id})")
+    if entry.provenance.config_hash != digest:
+        problems.append(f"provenance.config_hash {entry.provenance.config_hash} is not the hash {digest}")
+    if entry.provenance.track != entry.track:
+        problems.append(f"provenance.track {entry.provenance.track!r} is not the entry's track {entry.track!r}")
+    track_id, _, version = entry.track.partition("@")
+    expected_path = root / f"v{version}" / "entries" / track_id / f"{entry.entry_id.split('/', 1)[1]}.json"
+    if path.resolve() != expected_path.resolve():
+        problems.append(f"an entry with id {entry.entry_id!r} belongs in {expected_path}")
+    try:
+        track = load_track(entry.track, root)
+    except DglbenchError as exc:
+        return [*problems, f"track: {exc}"]
+    if entry.provenance.track_hash != track.content_hash:
+        problems.append(
+            f"track {track.ref} changed since the entry was measured (hash {entry.provenance.track_hash}, now "
+            f"{track.content_hash}); restore the track or publish the change as a new track version"
+        )
+    seeds = entry.provenance.seeds
+    expected_seeds = (int(track.data.params.get("seed", 0)), track.model.init_seed, track.seed, track.utility.seed)
+    if (seeds.victims, seeds.init, seeds.trial, seeds.utility) != expected_seeds:
+        problems.append(f"provenance.seeds {to_dict(seeds)} do not match the track's {expected_seeds}")
+    fed, u = entry.utility.fedsgd, track.utility
+    if (fed.rounds, fed.clients, fed.batch_size, fed.lr, fed.seed) != (u.rounds, u.clients, u.batch_size, u.lr, u.seed):
+        problems.append("utility.fedsgd settings do not match the track's utility protocol")
+    if fed.accuracy_drop != accuracy_drop(fed.undefended_test_accuracy, fed.test_accuracy):
+        problems.append(
+            f"utility.fedsgd.accuracy_drop {fed.accuracy_drop} is not undefended_test_accuracy - test_accuracy"
+        )
+    for name in ("test_accuracy", "undefended_test_accuracy"):
+        if not 0.0 <= getattr(fed, name) <= 100.0:
+            problems.append(f"utility.fedsgd.{name} must be a percentage in [0, 100]")
+
+    # --- configuration and records
+    try:
+        configs = track.trial_configs(d.spec, d.params)
+    except DglbenchError as exc:
+        return [*problems, f"cannot rebuild the trial configurations: {exc}"]
+    trial_ids = entry.provenance.trial_ids
+    if len(trial_ids) != len(configs):
+        problems.append(f"provenance.trial_ids lists {len(trial_ids)} trials; the track's suite has {len(configs)}")
+        return problems
+    vpath = victims_path(path)
+    if not vpath.exists():
+        return [*problems, f"victims file {vpath.name} is missing; the aggregates cannot be recomputed"]
+    try:
+        victims = load_victims(vpath)
+    except DglbenchError as exc:
+        return [*problems, str(exc)]
+    if victims.entry_id != entry.entry_id:
+        problems.append(f"{vpath.name}: entry_id {victims.entry_id!r} is not {entry.entry_id!r}")
+    try:
+        groups = by_trial(victims.records, trial_ids, track.num_victims)
+    except DglbenchError as exc:
+        return [*problems, f"{vpath.name}: {exc}"]
+    from benchmark import __version__
+    from benchmark.trial import TrialConfig
+
+    for trial, config in zip(trial_ids, configs):
+        expected = _protocol(config.to_dict())
+        for rec in groups[trial]:
+            try:
+                record_config = TrialConfig.from_dict(rec.get("config") or {})
+            except DglbenchError as exc:
+                problems.append(f"{vpath.name}: victim {rec['victim_id']} of trial {trial}: bad config: {exc}")
+                break
+            if entry.provenance.dglbench == __version__ and record_config.trial_id != trial:
+                problems.append(f"{vpath.name}: trial id {trial} is not the id of its records' configuration")
+                break
+            got = _protocol(record_config.to_dict())
+            if got != expected:
+                first = diff(got, expected) or "config"
+                problems.append(
+                    f"{vpath.name}: trial {trial} did not run the track's configuration for this defense ({first})"
+                )
+                break
+            rd = rec.get("defense")
+            if isinstance(rd, dict) and (rd.get("params") != d.params or rd.get("privacy") != d.formal_privacy):
+                problems.append(
+                    f"{vpath.name}: victim {rec['victim_id']}: the defense's parameters or formal privacy differ "
+                    "from the entry's defense block"
+                )
+                break
+
+    # --- aggregates
+    recomputed = {
+        "privacy": to_dict(privacy_summaries(track, trial_ids, groups)),
+        "i2f": to_dict(i2f_summary(trial_ids[0], groups[trial_ids[0]])),
+        "utility.gradient_cosine": to_dict(gradient_cosine(groups[trial_ids[0]])),
+    }
+    stored = {
+        "privacy": to_dict(entry.privacy),
+        "i2f": to_dict(entry.i2f),
+        "utility.gradient_cosine": to_dict(entry.utility.gradient_cosine),
+    }
+    for key in recomputed:
+        found = diff(stored[key], recomputed[key], key)
+        if found:
+            problems.append(found)
+    return problems
+
+
+def validate_entry(path: str | Path, root: str | Path | None = None) -> list[str]:
+    """Problems of one entry file (empty when it is valid)."""
+    path = Path(path)
+    root = Path(root or default_root())
+    try:
+        entry = load_entry(path)
+    except DglbenchError as exc:
+        return [str(exc)]
+    return [f"{path}: {p}" for p in _check(entry, path, root)]
+
+
+def _schema_problems(root: Path) -> list[str]:
+    problems = []
+    for name, schema in (("entry", entry_json_schema()), ("victims", victims_json_schema())):
+        for folder in sorted(root.glob("v*/schema")):
+            path = folder / f"{name}.schema.json"
+            if not path.exists() or read_json(path) != schema:
+                problems.append(
+                    f"{path}: out of date with benchmark.leaderboard.schema; regenerate it with "
+                    "`dglbench leaderboard render`"
+                )
+    return problems
+
+
+def validate_paths(paths: Sequence[str | Path], root: str | Path | None = None) -> list[str]:
+    """Problems of the given entry files, or of every stored track and entry when ``paths`` is empty."""
+    root = Path(root or default_root())
+    problems: list[str] = []
+    if paths:
+        files = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                files += sorted(q for q in p.rglob("*.json") if not q.name.endswith(".victims.json"))
+            else:
+                files.append(p)
+    else:
+        files = entry_files(root)
+        for ref in list_tracks(root):
+            try:
+                load_track(ref, root)
+            except DglbenchError as exc:
+                problems.append(str(exc))
+        problems += _schema_problems(root)
+        for vfile in sorted(root.glob("v*/entries/*/*.victims.json")):
+            if not vfile.with_name(vfile.name.replace(".victims.json", ".json")).exists():
+                problems.append(f"{vfile}: victims file without an entry file; delete it or restore the entry")
+    seen: dict[str, Path] = {}
+    for f in files:
+        problems += validate_entry(f, root)
+        try:
+            entry_id = read_json(f).get("entry_id")
+        except (DglbenchError, AttributeError):
+            continue
+        if isinstance(entry_id, str):
+            if entry_id in seen:
+                problems.append(f"{f}: duplicate entry_id {entry_id!r} (also {seen[entry_id]})")
+            seen.setdefault(entry_id, f)
+    return problems

@@ -1,0 +1,82 @@
+"""Every stored track and entry: migrates, validates (schema, consistency, recomputed aggregates), is rendered.
+
+This is how CI runs ``dglbench leaderboard validate``: ``make test`` runs this file.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark.defenses import DEFENSES
+from benchmark.leaderboard.migrations import migrate
+from benchmark.leaderboard.render import render_all
+from benchmark.leaderboard.schema import Entry
+from benchmark.leaderboard.store import entry_files, load_entry, read_json, victims_path
+from benchmark.leaderboard.track import default_root, list_tracks
+from benchmark.leaderboard.typed import from_dict
+from benchmark.leaderboard.validate import validate_paths
+
+ROOT = default_root()
+REPO = ROOT.parent
+ENTRIES = entry_files(ROOT)
+
+
+def test_every_stored_track_and_entry_is_valid():
+    assert validate_paths([], root=ROOT) == []
+
+
+@pytest.mark.parametrize("path", ENTRIES, ids=[p.stem for p in ENTRIES])
+def test_every_stored_entry_migrates_and_parses(path):
+    entry = from_dict(Entry, migrate(read_json(path)))
+    assert victims_path(path).exists()
+    assert entry.entry_id.endswith(path.stem)
+
+
+def test_the_embedded_track_has_baselines_for_every_builtin_defense():
+    entries = [load_entry(p) for p in ENTRIES]
+    embedded = [e for e in entries if e.track == "digits-convnet5@1"]
+    settings: dict[str, set[str]] = {}
+    for e in embedded:
+        assert e.defense.source == "builtin"
+        settings.setdefault(e.defense.name, set()).add(e.provenance.config_hash)
+    assert set(settings) == set(DEFENSES.list())
+    for name, hashes in settings.items():
+        assert name == "none" or len(hashes) >= 2, f"{name}: baselines need two or more strengths"
+
+
+def _strip_svg(text: str) -> str:
+    return re.sub(r"<svg.*?</svg>", "<svg/>", text, flags=re.S)  # plots depend on the matplotlib version
+
+
+def test_rendered_files_are_up_to_date(tmp_path: Path):
+    copy = tmp_path / "leaderboards"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("*.victims.json"))
+    for p in ENTRIES:  # victims files are not needed to render
+        assert (copy / p.relative_to(ROOT)).exists()
+    render_all(copy, tmp_path)
+    stale = []
+    for generated in sorted(copy.rglob("*")):
+        if not generated.is_file() or generated.suffix not in (".md", ".csv", ".tex", ".bib", ".html", ".json"):
+            continue
+        stored = ROOT / generated.relative_to(copy)
+        if stored.name.endswith(".victims.json"):
+            continue
+        fresh, old = generated.read_text(), stored.read_text() if stored.exists() else ""
+        if generated.suffix == ".html":
+            fresh, old = _strip_svg(fresh), _strip_svg(old)
+        if fresh != old:
+            stale.append(str(stored.relative_to(REPO)))
+    citation = REPO / "CITATION.cff"
+    if not citation.exists() or (tmp_path / "CITATION.cff").read_text() != citation.read_text():
+        stale.append("CITATION.cff")
+    assert not stale, f"run `dglbench leaderboard render`; out of date: {stale}"
+
+
+def test_tracks_are_listed():
+    assert {"digits-convnet5@1", "mnist-convnet5@1", "cifar10-cifar_resnet18@1", "imagenet-resnet50@1"} <= set(
+        list_tracks(ROOT)
+    )

@@ -1,0 +1,117 @@
+"""``render``: README blocks, CSV, LaTeX, BibTeX, CITATION.cff and the HTML page (checked in headless Chromium)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.leaderboard.render import render_all
+from benchmark.leaderboard.store import entry_files, load_entry
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture
+def rendered(lb_root, synthetic_entry):
+    for i, (name, params, psnr, acc) in enumerate(
+        [("none", {}, 75.0, 80.0), ("gaussian", {"sigma": 0.01}, 25.0, 78.5), ("gaussian", {"sigma": 1e3}, 4.0, 10.0)]
+    ):
+        synthetic_entry(lb_root, name, params, psnr=psnr, accuracy=acc, seed=i)
+    (lb_root / "README.md").write_text("# My leaderboards\n\nHand-written intro.\n")
+    repo = lb_root.parent
+    written = render_all(lb_root, repo)
+    return lb_root, repo, written
+
+
+def test_render_writes_every_output_and_is_deterministic(rendered):
+    root, repo, written = rendered
+    names = {p.name for p in written}
+    assert {"README.md", "digits-convnet5.csv", "digits-convnet5.tex", "references.bib", "CITATION.cff",
+            "index.html", "entry.schema.json", "victims.schema.json"} <= names  # fmt: skip
+    before = {p: p.read_bytes() for p in written}
+    render_all(root, repo)
+    assert {p: p.read_bytes() for p in written} == before
+
+
+def test_readme_block_between_markers_keeps_the_rest(rendered):
+    root, _, _ = rendered
+    text = (root / "README.md").read_text()
+    assert text.startswith("# My leaderboards\n\nHand-written intro.\n")
+    block = text.split("<!-- leaderboard-digits-convnet5-v1:begin -->")[1].split(
+        "<!-- leaderboard-digits-convnet5-v1:end -->"
+    )[0]
+    table = [line for line in block.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 3  # header + one row per entry
+    assert table[1].startswith("| 1 | gaussian | sigma=0.01 ")
+    assert table[-1].startswith("| – | gaussian | sigma=1000.0 ")  # destroyed utility: unranked, last
+
+
+def test_csv_holds_the_entries_numbers(rendered):
+    root, _, _ = rendered
+    rows = list(csv.DictReader(io.StringIO((root / "v1" / "tables" / "digits-convnet5.csv").read_text())))
+    entries = {e.entry_id: e for e in map(load_entry, entry_files(root))}
+    assert len(rows) == len(entries) == 3
+    for row in rows:
+        e = entries[row["entry_id"]]
+        assert float(row["test_accuracy"]) == e.utility.fedsgd.test_accuracy
+        assert float(row["inverting_gradients.psnr.mean"]) == e.summary("inverting_gradients").metrics["psnr"].mean
+        assert int(row["dlg.victims"]) == 8
+
+
+def test_latex_bibtex_and_citation_files(rendered):
+    root, repo, _ = rendered
+    tex = (root / "v1" / "tables" / "digits-convnet5.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and tex.count(r"\\") == 1 + 3
+    assert "**" not in tex and "★" not in tex
+    bib = (root / "references.bib").read_text()
+    keys = re.findall(r"^@\w+\{([\w]+),", bib, flags=re.M)
+    assert {"dglbench", "zhang2023i2f", "zhu2019dlg", "geiping2020inverting"} <= set(keys)
+    assert bib.count("{") == bib.count("}")
+    cff = yaml.safe_load((repo / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["title"].startswith("dglbench") and cff["authors"]
+    assert cff["references"][0]["title"] == "Understanding Deep Gradient Leakage via Inversion Influence Functions"
+
+
+def test_html_page_is_self_contained(rendered):
+    root, _, _ = rendered
+    page = (root / "index.html").read_text()
+    assert "<svg" in page and "<script" in page and '<table class="leaderboard"' in page
+    assert not re.search(r"""(src|href)=["']https?:""", page)  # nothing loaded from the network
+
+
+def _dump_dom(url: str, tmp_path: Path) -> str:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'chrome'}"]  # fmt: skip
+    done = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_html_tables_render_and_sort_in_headless_chromium(rendered, tmp_path):
+    root, _, _ = rendered
+    url = (root / "index.html").resolve().as_uri()
+    dom = _dump_dom(url, tmp_path)
+    assert 'data-script="ran"' in dom and 'data-sortable="ready"' in dom
+    assert len(re.findall(r"<tr class=\"(?:un)?ranked", dom)) == 3
+    dom = _dump_dom(url + "#sort=accuracy-desc", tmp_path)
+    assert 'data-sorted-by="accuracy-desc"' in dom
+    table = dom.split('<table class="leaderboard"')[1].split("</table>")[0]
+    rows = re.findall(r"<tr class=[^>]*>(.*?)</tr>", table, flags=re.S)
+    accuracy = [float(re.findall(r'<td data-value="([^"]*)"', r)[1]) for r in rows]  # rank, accuracy, ...
+    assert accuracy == sorted(accuracy, reverse=True) and len(accuracy) == 3
+    dom = _dump_dom(url + "#sort=rank-asc", tmp_path)
+    table = dom.split('<table class="leaderboard"')[1].split("</table>")[0]
+    ranks = [
+        re.findall(r'<td data-value="([^"]*)"', r)[0]
+        for r in re.findall(r"<tr class=[^>]*>(.*?)</tr>", table, flags=re.S)
+    ]
+    assert ranks == ["1", "2", ""]  # unranked last

@@ -1,0 +1,63 @@
+"""End to end on the embedded track with a tiny budget: submit → validate → verify, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from benchmark.cli import main
+from benchmark.errors import UnknownNameError
+from benchmark.leaderboard.store import entry_files, load_entry
+from benchmark.leaderboard.submit import submit
+from benchmark.leaderboard.validate import validate_paths
+from benchmark.leaderboard.verify import verify_entry
+
+
+@pytest.fixture
+def tiny_root(lb_root):
+    """The embedded track cut down to 2 victims, 20 IG steps, 2 DLG steps and 3 FedSGD rounds."""
+    path = lb_root / "v1" / "tracks" / "digits-convnet5.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["data"]["params"]["num_victims"] = 2
+    data["victims_per_step"] = 2
+    data["attacks"][0]["params"]["max_iterations"] = 20
+    data["attacks"][1]["params"]["max_iterations"] = 2
+    data["utility"]["rounds"] = 3
+    path.write_text(yaml.safe_dump(data))
+    return lb_root
+
+
+def test_submit_validate_verify(tiny_root, tmp_path, capsys):
+    torch.set_num_threads(1)
+    args = ["leaderboard", "submit", "--track", "digits-convnet5", "--defense", "gaussian", "--param", "sigma=0.001",
+            "--out", str(tiny_root), "--work-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(args) == 0
+    (path,) = entry_files(tiny_root)
+    entry = load_entry(path)
+    assert entry.defense.params == {"sigma": 0.001} and entry.defense.source == "builtin"
+    assert [s.attack for s in entry.privacy] == ["inverting_gradients", "dlg"]
+    assert all(s.victims == 2 for s in entry.privacy)
+    assert entry.i2f is not None and entry.i2f.lower_bound.n + entry.i2f.failures == 2
+    fed = entry.utility.fedsgd
+    assert fed.rounds == 3 and 0 <= fed.test_accuracy <= 100
+    assert fed.accuracy_drop == pytest.approx(fed.undefended_test_accuracy - fed.test_accuracy, abs=1e-6)
+    assert (tiny_root / "v1" / "utility" / "digits-convnet5.json").exists()  # undefended accuracy cached
+    records = json.loads(path.with_name(path.name.replace(".json", ".victims.json")).read_text())["records"]
+    assert len(records) == 2 * 2 and {r["status"] for r in records} <= {"ok", "failed"}
+    assert validate_paths([], root=tiny_root) == []
+    capsys.readouterr()
+
+    checks = verify_entry(path, victims=1, root=tiny_root, utility=True)
+    assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+    assert {c.quantity for c in checks} >= {"status", "i2f.lower_bound", "metrics.psnr", "test_accuracy"}
+
+
+def test_submit_rejects_unknown_defense_and_parameter(tiny_root):
+    with pytest.raises(UnknownNameError, match="did you mean 'gaussian'"):
+        submit("digits-convnet5", "gausian", {}, root=tiny_root)
+    assert main(["leaderboard", "submit", "--track", "digits-convnet5", "--defense", "gaussian", "--param",
+                 "sigmaa=1", "--out", str(tiny_root)]) == 2  # fmt: skip
+    assert entry_files(tiny_root) == []

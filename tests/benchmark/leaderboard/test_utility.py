@@ -1,0 +1,65 @@
+"""FedSGD utility: equals plain SGD computed by hand, is deterministic, and the defense acts on every client."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from benchmark.leaderboard.track import load_track
+from benchmark.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
+
+
+def _small(track, **utility):
+    return dataclasses.replace(track, utility=dataclasses.replace(track.utility, **utility))
+
+
+def test_fedsgd_matches_a_hand_written_sgd_loop():
+    from benchmark.modules import build_victim_model
+    from datamodules import create_datamodule
+
+    track = _small(load_track("digits-convnet5"), rounds=3, clients=2, batch_size=8, lr=0.5)
+    got = fedsgd_accuracy(track, "none", {})
+    # by hand: same model and batches, average of the two client gradients, SGD step
+    config = track.trial_configs("none", {})[0]
+    dm = create_datamodule("digits", **track.data.params)
+    train, test = dm.train_dataset(), dm.test_dataset()
+    model = build_victim_model(config, dm.num_classes, dm.image_shape)
+    draw = torch.Generator().manual_seed(track.utility.seed)
+    for _ in range(3):
+        perm = torch.randperm(len(train), generator=draw)[:16]
+        x = torch.stack([train[int(i)][0] for i in perm])
+        y = torch.tensor([train[int(i)][1] for i in perm])
+        grads = [torch.autograd.grad(torch.nn.functional.cross_entropy(model(x[c * 8 : (c + 1) * 8]),
+                                                                       y[c * 8 : (c + 1) * 8]),
+                                     list(model.parameters())) for c in range(2)]  # fmt: skip
+        with torch.no_grad():
+            for p, g0, g1 in zip(model.parameters(), *grads):
+                p -= 0.5 * (g0 + g1) / 2
+    xt = torch.stack([test[i][0] for i in range(len(test))])
+    yt = torch.tensor([test[i][1] for i in range(len(test))])
+    with torch.no_grad():
+        expected = 100.0 * float((model(xt).argmax(-1) == yt).float().mean())
+    assert abs(got.test_accuracy - expected) < 1e-3 and got.test_images == len(test) == 359
+
+
+def test_fedsgd_is_deterministic_and_the_defense_acts():
+    track = _small(load_track("digits-convnet5"), rounds=4, clients=2, batch_size=16)
+    a = fedsgd_accuracy(track, "gaussian", {"sigma": 0.5})
+    b = fedsgd_accuracy(track, "gaussian", {"sigma": 0.5})
+    assert a.test_accuracy == b.test_accuracy
+    # pruning every entry (ratio 1) shares zero gradients: the model stays at its initialization
+    frozen = fedsgd_accuracy(track, "pruning", {"ratio": 1.0})
+    untrained = fedsgd_accuracy(track, "none", {}, rounds=0)
+    assert frozen.test_accuracy == untrained.test_accuracy
+
+
+def test_undefended_accuracy_is_cached_per_track(tmp_path):
+    track = _small(load_track("digits-convnet5"), rounds=2, clients=1, batch_size=4)
+    first = undefended_accuracy(track, root=tmp_path)
+    cache = tmp_path / "v1" / "utility" / "digits-convnet5.json"
+    assert cache.exists()
+    again = undefended_accuracy(track, root=tmp_path)
+    assert again.test_accuracy == first.test_accuracy and again.seconds == 0.0  # read, not recomputed
+    other = _small(track, seed=1)
+    assert undefended_accuracy(other, root=tmp_path).seconds > 0.0  # another track content: recomputed
