@@ -129,7 +129,7 @@ def run(repeats: int = 3) -> str:
             f"| {r['many_victims_per_s']:.2f} victims/s | {r['loop_victims_per_s']:.2f} victims/s |"
         )
     note = (
-        "\nPer victim, batch 1, float32, median of "
+        "\n\nPer victim, batch 1, float32, median of "
         f"{repeats} runs. Products are K v or Kᵀu products (one ARPACK operator application is two). "
         "Lower bound at relative tolerance 1e-4; exact I2F to relative residual 1e-4. "
         f"Many victims: {rows[0]['victims']} victims in one call (vmap) vs one call per victim."
