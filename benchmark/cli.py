@@ -152,6 +152,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     config = TrialConfig.from_dict(base).with_overrides(_overrides(args.overrides))
     logger = _make_logger(args.logger, args.out, config)
     records = run_trial(config, devices=args.devices, accelerator=args.accelerator, output_dir=args.out,
+                        num_nodes=args.num_nodes,
                         progress=not args.quiet, logger=logger)  # fmt: skip
     if records:
         _print_records(records)
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", _cmd_run, "run one trial (defense → I2F → attack → metrics) over its victims")
     p.add_argument("--config", help="YAML file with trial keys (see benchmark/trial.py)")
     p.add_argument("--devices", type=int, default=1, help="Lightning devices; >1 uses DDP")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines (torchrun / SLURM launch the processes)")
     p.add_argument("--accelerator", default="cpu", help="cpu, gpu, auto")
     p.add_argument("--out", default="runs", help="output folder (records/, parts/, logs/)")
     p.add_argument("--logger", default="csv", choices=["csv", "wandb", "none"], help="wandb runs offline by default")

@@ -71,7 +71,7 @@ def make_trainer(devices: int, accelerator: str, progress: bool, callbacks: list
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
-    strategy = kw.pop("strategy", None) or ("ddp" if devices > 1 else "auto")
+    strategy = kw.pop("strategy", None) or ("ddp" if devices > 1 or kw.get("num_nodes", 1) > 1 else "auto")
     return pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, inference_mode=False, logger=logger,
         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False, callbacks=callbacks,
@@ -88,6 +88,7 @@ def run_trial(
     progress: bool = True,
     logger: Any = False,
     strategy: str | None = None,
+    num_nodes: int = 1,
 ) -> list[dict[str, Any]]:
     """Run a trial over its victims and return one record per victim (sorted by victim id).
 
@@ -99,7 +100,8 @@ def run_trial(
             one device only, as every rank must see the same folder).
         progress: show Lightning's progress bar over victim batches.
         logger: a Lightning logger (CSV, W&B) or ``False``.
-        strategy: Lightning strategy (default: ``ddp`` when ``devices > 1``).
+        strategy: Lightning strategy (default: ``ddp`` when ``devices > 1`` or ``num_nodes > 1``).
+        num_nodes: machines, for Lightning's multi-node launchers (torchrun, SLURM).
 
     Returns:
         The records on rank 0 (every victim, failed ones included); ``[]`` on other ranks.
@@ -107,15 +109,22 @@ def run_trial(
     config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     config.validate()  # unknown names and bad parameters fail here, before anything is written
     if output_dir is not None:
-        return _run_trial(config, Path(output_dir), devices, accelerator, progress, logger, strategy)
-    if devices != 1:
+        return _run_trial(config, Path(output_dir), devices, accelerator, progress, logger, strategy, num_nodes)
+    if devices != 1 or num_nodes != 1:
         raise ConfigError("a trial on several devices needs an output_dir that every rank can write to")
     with tempfile.TemporaryDirectory(prefix="dglbench-") as tmp:
-        return _run_trial(config, Path(tmp), devices, accelerator, progress, logger, strategy)
+        return _run_trial(config, Path(tmp), devices, accelerator, progress, logger, strategy, num_nodes)
 
 
 def _run_trial(
-    config: TrialConfig, out: Path, devices: int, accelerator: str, progress: bool, logger: Any, strategy: str | None
+    config: TrialConfig,
+    out: Path,
+    devices: int,
+    accelerator: str,
+    progress: bool,
+    logger: Any,
+    strategy: str | None,
+    num_nodes: int = 1,
 ) -> list[dict[str, Any]]:
     from benchmark.modules import LeakageModule, RecordWriter, log_record
     from datamodules import create_datamodule
@@ -129,10 +138,12 @@ def _run_trial(
         return load_trial_records(final)["victims"]
     parts = out / "parts" / config.trial_id
     dm = create_datamodule(config.dataset, **{"victims_per_step": config.victims_per_step, **config.dataset_params})
-    if isinstance(devices, int) and dm.num_victims < devices:  # fail once, here, rather than on every rank
-        raise ConfigError(f"{dm.name}: num_victims={dm.num_victims} < {devices} devices; raise num_victims")
+    if isinstance(devices, int) and dm.num_victims < devices * num_nodes:  # fail once here, not on every rank
+        raise ConfigError(f"{dm.name}: num_victims={dm.num_victims} < {devices * num_nodes} processes; add victims")
     module = LeakageModule(config, records_dir=str(parts))
-    trainer = make_trainer(devices, accelerator, progress, [RecordWriter(parts)], logger=logger, strategy=strategy)
+    trainer = make_trainer(
+        devices, accelerator, progress, [RecordWriter(parts)], logger=logger, strategy=strategy, num_nodes=num_nodes
+    )
     trainer.predict(module, datamodule=dm, return_predictions=False)
     trainer.strategy.barrier()
     if trainer.global_rank != 0:

@@ -25,7 +25,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         from benchmark.sweep.runner import run_sweep
 
         res = run_sweep(args.spec, args.out, devices=args.devices, accelerator=args.accelerator,
-                        progress=not args.quiet, max_trials=args.max_trials)  # fmt: skip
+                        progress=not args.quiet, max_trials=args.max_trials, num_nodes=args.num_nodes)  # fmt: skip
         if not is_global_zero():  # under DDP every rank runs the sweep; rank 0 reports
             return
         print(f"sweep: {res.trials} trials, {res.ran} ran, {res.skipped} already done, "
@@ -69,6 +69,7 @@ def register(add: Any) -> None:
     r.add_argument("spec")
     r.add_argument("--out", required=True, help="sweep folder (records/, report/)")
     r.add_argument("--devices", type=int, default=1, help="Lightning devices per trial (DDP when > 1)")
+    r.add_argument("--num-nodes", type=int, default=1, help="machines (torchrun / SLURM launch the processes)")
     r.add_argument("--accelerator", default="cpu")
     r.add_argument("--max-trials", type=int, default=None, help="stop after this many new trials")
     r.add_argument("--no-report", action="store_true")

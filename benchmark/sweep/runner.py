@@ -45,6 +45,7 @@ def run_sweep(
     accelerator: str = "cpu",
     progress: bool = True,
     max_trials: int | None = None,
+    num_nodes: int = 1,
 ) -> SweepResult:
     """Run every trial of ``spec`` that has no record file in ``out_dir`` yet.
 
@@ -80,7 +81,9 @@ def run_sweep(
         if max_trials is not None and ran >= max_trials:
             break
         bar.set_postfix_str(f"{cfg.model} {cfg.defense} {cfg.defense_params}"[:60])
-        records = run_trial(cfg, devices=devices, accelerator=accelerator, output_dir=out, progress=False)
+        records = run_trial(
+            cfg, devices=devices, accelerator=accelerator, output_dir=out, progress=False, num_nodes=num_nodes
+        )
         failed += sum(r["status"] != "ok" for r in records)
         ran += 1
         if is_global_zero():  # other ranks return at once; rank 0 may still be merging this trial's parts

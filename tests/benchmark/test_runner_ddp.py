@@ -99,3 +99,52 @@ def test_sweep_of_two_trials_on_two_devices(tmp_path):
     for small, large in zip(*lbs):
         assert large == pytest.approx(10 * small, rel=1e-2)
     assert not any((tmp_path / "sw" / "parts").iterdir())  # finished trials leave no part files
+
+
+def test_two_nodes_through_torchrun_match_one_device(tmp_path):
+    """Two machines simulated on loopback with torchrun (Lightning's multi-node path) give the one-device records."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")}
+    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    port = str(29500 + os.getpid() % 400)
+    args = ["run", "--devices", "1", "--num-nodes", "2", "--out", str(tmp_path / "out"), "--logger", "none",
+            "--quiet", "--attack=null", "--dataset_params.num_victims=4", "--defense=gaussian",
+            "--defense_params.sigma=0.01"]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                torchrun,
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                "-m",
+                "benchmark.cli",
+                *args,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    (record_file,) = (tmp_path / "out" / "records").glob("*.json")
+    multi = json.loads(record_file.read_text())["victims"]
+    config = TrialConfig.from_dict({}).with_overrides(
+        {"attack": None, "dataset_params.num_victims": 4, "defense": "gaussian", "defense_params.sigma": 0.01}
+    )
+    single = run_trial(config, progress=False)
+    assert [r["victim_id"] for r in multi] == [r["victim_id"] for r in single] == [0, 1, 2, 3]
+    for a, b in zip(multi, single):
+        assert close(a["i2f"]["lower_bound"], b["i2f"]["lower_bound"])
+        assert close(a["i2f"]["exact"]["0.1"], b["i2f"]["exact"]["0.1"])
