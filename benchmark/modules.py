@@ -284,6 +284,12 @@ class LeakageModule(pl.LightningModule):
             for eps in cfg.eps
         }
         for i, v in enumerate(victims):
+            values = torch.stack([lb.value[i], lb.max_eigenvalue[i], *(r.value[i] for r in exact.values())])
+            if not bool(torch.isfinite(values).all()):
+                self._fail(v, "i2f", DglbenchError(
+                    "non-finite I2F value: the K products overflowed (untrained logits too large?); "
+                    "try dtype: float64 or another initialization"
+                ))  # fmt: skip
             v["record"]["i2f"] = {
                 "lower_bound": float(lb.value[i]), "jt_delta": float(lb.jt_delta[i]),
                 "max_eigenvalue": float(lb.max_eigenvalue[i]), "lower_bound_converged": bool(lb.converged[i]),
@@ -292,6 +298,7 @@ class LeakageModule(pl.LightningModule):
                 "exact_residual": {_eps_key(e): float(r.residual[i]) for e, r in exact.items()},
                 "products": int(lb.products[i]) + sum(int(r.products[i]) for r in exact.values()),
             }  # fmt: skip
+            v["record"]["i2f"] = _jsonable(v["record"]["i2f"])  # NaN/inf -> null: JSON has no NaN
 
     def _attack(self, victims: list[dict[str, Any]]) -> None:
         from benchmark.metrics import reconstruction_metrics
@@ -391,7 +398,7 @@ class RecordWriter(BasePredictionWriter):
 
         for rec in records:
             if bool(owned_by_rank(rec["victim_id"], trainer.global_rank, trainer.world_size)):
-                atomic_write_json(self.directory / f"victim-{rec['victim_id']:06d}.json", rec)
+                atomic_write_json(self.directory / f"victim-{rec['victim_id']:06d}.json", _jsonable(rec))
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         self.write_records(trainer, prediction or [])

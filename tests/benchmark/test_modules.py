@@ -264,3 +264,29 @@ def test_record_writer_writes_only_owned_victims(tmp_path):
     written = sorted(p.name for p in Path(tmp_path).iterdir())
     assert written == ["victim-000001.json", "victim-000003.json"]
     assert json.loads((tmp_path / "victim-000003.json").read_text())["value"] == math.pi
+
+
+def test_non_finite_i2f_fails_only_that_victim_and_the_record_is_still_written(monkeypatch, tmp_path):
+    """An overflowing estimate (NaN) is a failed victim with a reason, never a crash of the record writer."""
+    import dataclasses
+
+    import benchmark.modules as modules_mod
+
+    real = modules_mod.i2f_lower_bound
+
+    def nan_for_victim_1(model, xs, ys, deltas, *args, **kwargs):
+        res = real(model, xs, ys, deltas, *args, **kwargs)
+        if len(xs) > 1:  # the group call: make the second victim overflow
+            value = res.value.clone()
+            value[1] = float("nan")
+            return dataclasses.replace(res, value=value)
+        return res
+
+    monkeypatch.setattr(modules_mod, "i2f_lower_bound", nan_for_victim_1)
+    config = TrialConfig(attack=None, defense="gaussian", defense_params={"sigma": 0.01},
+                         dataset_params={"num_victims": 3}, victims_per_step=3)  # fmt: skip
+    records = run_trial(config, progress=False, output_dir=tmp_path)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
+    assert "non-finite I2F" in records[1]["reason"]
+    assert records[1]["i2f"]["lower_bound"] is None  # stored as null: JSON has no NaN
+    assert records[0]["i2f"]["lower_bound"] > 0
