@@ -58,7 +58,7 @@ BAD_INPUT = {
     "unknown defense, 2 devices": (["run", "--devices", "2", "--defense=nope", *TINY], "unknown defense 'nope'"),
     "too few victims for the devices": (
         ["run", "--devices", "2", "--dataset_params.num_victims=1", "--attack=null"],
-        "num_victims=1 < 2 devices",
+        "num_victims=1 < 2 processes",
     ),
     "unknown sweep spec": (["sweep", "run", "no_such_spec", "--out", "sw"], "no sweep spec 'no_such_spec'"),
     "bad sweep spec": (["sweep", "run", "bad.yaml", "--out", "sw"], "is not valid YAML"),
