@@ -40,7 +40,10 @@ __all__ = [
     "Perturbation",
     "flat_parameter_gradient",
     "flatten_perturbation",
+    "functional_gradient",
+    "functional_state",
     "make_loss",
+    "parameter_gradients",
     "parameter_shapes",
     "unflatten",
 ]
@@ -156,6 +159,33 @@ def _differentiability_error(exc: Exception, what: str) -> Exception:
     )
 
 
+def parameter_gradients(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    loss: str | LossFn = "cross_entropy",
+    *,
+    create_graph: bool = False,
+    names: Sequence[str] | None = None,
+) -> list[Tensor]:
+    """The victim's shared gradient ``g(x)``, one tensor per parameter of θ (plain autograd).
+
+    Args:
+        names: the parameters that make up θ (default: every parameter that requires grad), in order.
+        create_graph: keep the result differentiable with respect to ``images`` (what an attack
+            needs to optimize a dummy input).
+
+    Example:
+        >>> import torch
+        >>> [g.shape for g in parameter_gradients(torch.nn.Linear(3, 2), torch.randn(1, 3), torch.tensor([0]))]
+        [torch.Size([2, 3]), torch.Size([2])]
+    """
+    named = dict(model.named_parameters())
+    params = [named[n] for n in names] if names is not None else list(_trainable(model).values())
+    value = make_loss(loss)(model(images), labels)
+    return list(torch.autograd.grad(value, params, create_graph=create_graph))
+
+
 def flat_parameter_gradient(
     model: nn.Module,
     images: Tensor,
@@ -164,10 +194,7 @@ def flat_parameter_gradient(
     *,
     create_graph: bool = False,
 ) -> Tensor:
-    """The victim's shared gradient ``g(x)`` as a flat ``[d_θ]`` vector (plain autograd).
-
-    With ``create_graph=True`` the result stays differentiable with respect to ``images`` (what an
-    attack needs to optimize a dummy input).
+    """:func:`parameter_gradients` as one flat ``[d_θ]`` vector.
 
     Example:
         >>> import torch
@@ -175,11 +202,40 @@ def flat_parameter_gradient(
         >>> flat_parameter_gradient(model, torch.randn(1, 3), torch.tensor([0])).shape
         torch.Size([8])
     """
-    loss_fn = make_loss(loss)
-    params = list(_trainable(model).values())
-    value = loss_fn(model(images), labels)
-    grads = torch.autograd.grad(value, params, create_graph=create_graph)
+    grads = parameter_gradients(model, images, labels, loss, create_graph=create_graph)
     return torch.cat([g.reshape(-1) for g in grads])
+
+
+def functional_state(
+    model: nn.Module, names: Sequence[str] | None = None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """θ as detached tensors (``names``, default: the parameters that require grad) and the rest of the
+    state a forward pass needs (frozen parameters and buffers), for :func:`functional_gradient`."""
+    named = dict(model.named_parameters())
+    keys = list(names) if names is not None else list(_trainable(model))
+    params = {n: named[n].detach() for n in keys}
+    rest = {n: p.detach() for n, p in named.items() if n not in params}
+    rest.update(dict(model.named_buffers()))
+    return params, rest
+
+
+def functional_gradient(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    state: Mapping[str, Tensor],
+    loss_fn: LossFn,
+    images: Tensor,
+    labels: Tensor,
+) -> dict[str, Tensor]:
+    """``∇_θ ℓ(f_θ(images), labels)`` by ``torch.func`` (composes with ``vmap``, ``jvp``, ``vjp``).
+
+    The result is differentiable with respect to ``images`` and (soft) ``labels``.
+    """
+
+    def loss_of(p: Mapping[str, Tensor]) -> Tensor:
+        return loss_fn(functional_call(model, (p, state), (images,)), labels)
+
+    return grad(loss_of)(dict(params))
 
 
 class GradientOperator:
@@ -217,11 +273,9 @@ class GradientOperator:
         self.num_victims = images.shape[0]
         self.input_shape = tuple(images.shape[1:])
         self.input_dim = images[0].numel()
-        self.params = {k: v.detach() for k, v in _trainable(model).items()}
+        self.params, self.buffers = functional_state(model)
         self.shapes = {k: v.shape for k, v in self.params.items()}
         self.num_parameters = sum(v.numel() for v in self.params.values())
-        frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
-        self.buffers = {**frozen, **dict(model.named_buffers())}
         self.products = 0
         try:
             gradient, self._vjp_fn = vjp(self._stacked_gradient, self.images)
@@ -230,10 +284,8 @@ class GradientOperator:
         self.gradient: Tensor = gradient.detach()
 
     def _single_gradient(self, x: Tensor, y: Tensor) -> Tensor:
-        def loss_of(params: dict[str, Tensor]) -> Tensor:
-            return self.loss_fn(functional_call(self.model, (params, self.buffers), (x,)), y)
-
-        return torch.cat([t.reshape(-1) for t in grad(loss_of)(self.params).values()])
+        grads = functional_gradient(self.model, self.params, self.buffers, self.loss_fn, x, y)
+        return torch.cat([t.reshape(-1) for t in grads.values()])
 
     def _stacked_gradient(self, images: Tensor) -> Tensor:
         if images.shape[0] == 1:  # no vmap for a single victim: works with any model

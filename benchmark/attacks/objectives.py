@@ -24,10 +24,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import vmap
 
 from benchmark.case import Case
-from benchmark.gradients import LossFn, flat_parameter_gradient
+from benchmark.gradients import LossFn, flat_parameter_gradient, functional_gradient, functional_state
 
 __all__ = ["GradientMatcher", "cosine_distance", "squared_distance", "total_variation"]
 
@@ -57,14 +57,11 @@ class GradientMatcher:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, vectorize: bool = True, one_hot: bool = False) -> None:
         self.model, self.loss_fn, self.vectorize, self.one_hot = model, loss_fn, vectorize, one_hot
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.params = {n: p.detach() for n, p in trainable}
-        frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-        self.buffers = {**frozen, **dict(model.named_buffers())}
-        sizes = torch.tensor([p.numel() for _, p in trainable])
-        device = trainable[0][1].device if trainable else None
-        self.num_segments = len(trainable)
-        self.segments = torch.repeat_interleave(torch.arange(len(trainable)), sizes).to(device)
+        self.params, self.buffers = functional_state(model)
+        sizes = torch.tensor([p.numel() for p in self.params.values()])
+        device = next(iter(self.params.values())).device if self.params else None
+        self.num_segments = len(self.params)
+        self.segments = torch.repeat_interleave(torch.arange(self.num_segments), sizes).to(device)
         self.num_parameters = int(sizes.sum())
 
     @classmethod
@@ -73,10 +70,8 @@ class GradientMatcher:
         return cls(model, case.loss_fn(), vectorize=vectorize, one_hot=case.loss == "mse")
 
     def _single(self, images: Tensor, labels: Tensor) -> Tensor:
-        def loss_of(params: dict[str, Tensor]) -> Tensor:
-            return self.loss_fn(functional_call(self.model, (params, self.buffers), (images,)), labels)
-
-        return torch.cat([g.reshape(-1) for g in grad(loss_of)(self.params).values()])
+        grads = functional_gradient(self.model, self.params, self.buffers, self.loss_fn, images, labels)
+        return torch.cat([g.reshape(-1) for g in grads.values()])
 
     def __call__(self, images: Tensor, labels: Tensor) -> Tensor:
         """Gradients ``[P, d_θ]`` of the dummies ``images [P, B, C, H, W]`` with ``labels [P, B, ...]``.

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from benchmark.case import DefenseContext
 from benchmark.errors import ConfigError, DglbenchError, ShapeError
+from benchmark.gradients import parameter_gradients
 from benchmark.registry import Registry
 
 __all__ = [
@@ -287,10 +288,11 @@ def clean_gradients(context: DefenseContext) -> list[Tensor]:
     missing = [n for n in context.parameter_names if n not in named]
     if missing:
         raise ConfigError(f"context.parameter_names lists {missing[:3]}, which the model does not have")
-    params = [named[n] for n in context.parameter_names]
     with torch.enable_grad():
-        loss = context.case.loss_fn()(context.model(context.images), context.labels)
-        return [g.detach() for g in torch.autograd.grad(loss, params)]
+        grads = parameter_gradients(
+            context.model, context.images, context.labels, context.case.loss_fn(), names=context.parameter_names
+        )
+    return [g.detach() for g in grads]
 
 
 def run_defense(defense: DefenseFn, context: DefenseContext) -> DefendedGradient:

@@ -26,12 +26,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import vmap
 
 from benchmark.case import DefenseContext
 from benchmark.defenses.base import Defense, defense_name, register_defense
 from benchmark.defenses.noise import randn_like
 from benchmark.errors import ConfigError, DglbenchError
+from benchmark.gradients import functional_gradient, functional_state
 
 __all__ = ["DPSGD", "RDP_ORDERS", "per_example_gradients", "clip_per_example"]
 
@@ -51,18 +52,13 @@ def per_example_gradients(context: DefenseContext) -> list[Tensor]:
             "dp_sgd needs per-example gradients, but BatchNorm in train mode mixes the examples of a batch; "
             "use case model_mode='eval' or a model without BatchNorm"
         )
-    named = dict(model.named_parameters())
-    params = {n: named[n].detach() for n in context.parameter_names}
-    constants = {n: p.detach() for n, p in named.items() if n not in params}
-    constants.update(dict(model.named_buffers()))
+    params, constants = functional_state(model, context.parameter_names)
     loss_fn = context.case.loss_fn()
 
-    def loss_of_one(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(functional_call(model, (p, constants), (x.unsqueeze(0),)), y.unsqueeze(0))
+    def one_example(x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return functional_gradient(model, params, constants, loss_fn, x.unsqueeze(0), y.unsqueeze(0))
 
-    grads = vmap(grad(loss_of_one), in_dims=(None, 0, 0), randomness="different")(
-        params, context.images.detach(), context.labels
-    )
+    grads = vmap(one_example, randomness="different")(context.images.detach(), context.labels)
     return [grads[n].detach() for n in context.parameter_names]
 
 

@@ -135,7 +135,7 @@ def test_dlg_and_idlg_recover_digits_with_unknown_labels(name):
     for r, x, y in zip(results, images01, labels):
         assert r.status == "ok" and r.label_source == "inferred" and r.labels.tolist() == [int(y)]
         assert psnr(r.images, x.unsqueeze(0)) >= 30
-        assert 1 <= r.iterations <= 20
+        assert 0 < r.iterations <= 20
 
 
 @pytest.mark.parametrize("attack", [InvertingGradients(max_iterations=30, restarts=2), DLG(max_iterations=3)])

@@ -243,7 +243,7 @@ def test_killed_sweep_resumes_and_runs_every_trial_exactly_once(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     done_before = {p.name: p.stat().st_mtime_ns for p in records.glob("*.json")}
-    assert 1 <= len(done_before) < 4, done_before
+    assert 0 < len(done_before) < 4, done_before
 
     resumed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
