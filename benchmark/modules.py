@@ -31,7 +31,7 @@ from torch import Tensor
 
 from benchmark.case import DefenseContext, make_payload
 from benchmark.errors import ConfigError, DglbenchError
-from benchmark.influence import i2f, i2f_lower_bound
+from benchmark.influence import estimate_i2f
 from benchmark.io import atomic_write_json
 from benchmark.trial import SCHEMA_VERSION, TrialConfig
 
@@ -278,11 +278,11 @@ class LeakageModule(pl.LightningModule):
         cfg, loss = self.config, self.config.case_obj.loss_fn()
         xs, ys = [v["images"] for v in victims], [v["labels"] for v in victims]
         deltas = [v["defended"] - v["clean"] for v in victims]
-        lb = i2f_lower_bound(self.victim_model, xs, ys, deltas, loss, tol=cfg.lower_bound_tol, seed=cfg.seed)
-        exact = {
-            eps: i2f(self.victim_model, xs, ys, deltas, loss, eps=eps, tol=cfg.cg_tol, max_iter=cfg.cg_max_iter)
-            for eps in cfg.eps
-        }
+        est = estimate_i2f(
+            self.victim_model, xs, ys, deltas, loss, eps=cfg.eps, lower_bound_tol=cfg.lower_bound_tol,
+            cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, seed=cfg.seed,
+        )  # fmt: skip
+        lb, exact = est.lower_bound, est.exact
         for i, v in enumerate(victims):
             values = torch.stack([lb.value[i], lb.max_eigenvalue[i], *(r.value[i] for r in exact.values())])
             if not bool(torch.isfinite(values).all()):
@@ -296,7 +296,7 @@ class LeakageModule(pl.LightningModule):
                 "exact": {_eps_key(e): float(r.value[i]) for e, r in exact.items()},
                 "exact_converged": {_eps_key(e): bool(r.converged[i]) for e, r in exact.items()},
                 "exact_residual": {_eps_key(e): float(r.residual[i]) for e, r in exact.items()},
-                "products": int(lb.products[i]) + sum(int(r.products[i]) for r in exact.values()),
+                "products": int(est.products[i]),
             }  # fmt: skip
             v["record"]["i2f"] = _jsonable(v["record"]["i2f"])  # NaN/inf -> null: JSON has no NaN
 

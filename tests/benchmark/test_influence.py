@@ -8,7 +8,7 @@ from torch import nn
 from benchmark import I2F_lb, compute_exact_bound
 from benchmark.errors import NotTwiceDifferentiableError, ShapeError
 from benchmark.gradients import GradientOperator, flat_parameter_gradient, flatten_perturbation
-from benchmark.influence import i2f, i2f_lower_bound, top_eigenpairs
+from benchmark.influence import estimate_i2f, i2f, i2f_lower_bound, top_eigenpairs
 
 RTOL = 1e-4
 
@@ -203,3 +203,22 @@ def test_not_twice_differentiable_model_gets_clear_error():
     delta = torch.randn(sum(p.numel() for p in model.parameters()))
     with pytest.raises(NotTwiceDifferentiableError, match="hardsigmoid"):
         i2f_lower_bound(model, x, y, delta)
+
+
+def test_shared_estimate_equals_separate_calls_with_fewer_products():
+    model, _, _, _ = case("bn_convnet")
+    torch.manual_seed(2)
+    xs = [torch.randn(1, 1, 4, 4, dtype=torch.float64) for _ in range(3)]
+    ys = [torch.randint(0, 4, (1,)) for _ in xs]
+    d = sum(p.numel() for p in model.parameters())
+    deltas = [torch.randn(d, dtype=torch.float64) * 1e-2 for _ in xs]
+    est = estimate_i2f(model, xs, ys, deltas, eps=(0.1, 1.0), lower_bound_tol=1e-8, cg_tol=1e-10)
+    lb = i2f_lower_bound(model, xs, ys, deltas, tol=1e-8)
+    assert torch.equal(est.lower_bound.value, lb.value)
+    assert torch.equal(est.lower_bound.products, lb.products)
+    separate = lb.products.clone()
+    for eps in (0.1, 1.0):
+        ex = i2f(model, xs, ys, deltas, eps=eps, tol=1e-10)
+        assert torch.equal(est.exact[eps].value, ex.value)
+        separate += ex.products
+    assert bool((est.products == separate - 2).all())  # Kᵀδ computed once instead of three times

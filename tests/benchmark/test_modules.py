@@ -272,17 +272,17 @@ def test_non_finite_i2f_fails_only_that_victim_and_the_record_is_still_written(m
 
     import benchmark.modules as modules_mod
 
-    real = modules_mod.i2f_lower_bound
+    real = modules_mod.estimate_i2f
 
     def nan_for_victim_1(model, xs, ys, deltas, *args, **kwargs):
-        res = real(model, xs, ys, deltas, *args, **kwargs)
+        est = real(model, xs, ys, deltas, *args, **kwargs)
         if len(xs) > 1:  # the group call: make the second victim overflow
-            value = res.value.clone()
+            value = est.lower_bound.value.clone()
             value[1] = float("nan")
-            return dataclasses.replace(res, value=value)
-        return res
+            return dataclasses.replace(est, lower_bound=dataclasses.replace(est.lower_bound, value=value))
+        return est
 
-    monkeypatch.setattr(modules_mod, "i2f_lower_bound", nan_for_victim_1)
+    monkeypatch.setattr(modules_mod, "estimate_i2f", nan_for_victim_1)
     config = TrialConfig(attack=None, defense="gaussian", defense_params={"sigma": 0.01},
                          dataset_params={"num_victims": 3}, victims_per_step=3)  # fmt: skip
     records = run_trial(config, progress=False, output_dir=tmp_path)
