@@ -85,18 +85,9 @@ def _cmd_zoo(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ runs
 def load_config_file(path: str) -> dict[str, object]:
     """A YAML/JSON trial config file as a dict; a missing or malformed file is one clear line."""
-    import yaml
+    from benchmark.io import load_yaml_mapping
 
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of trial keys, got {type(data).__name__}")
-    return data
+    return load_yaml_mapping(path, "config", allow_empty=True)
 
 
 def _overrides(extra: Sequence[str]) -> dict[str, object]:

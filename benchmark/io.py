@@ -57,3 +57,28 @@ def replace_between_markers(text: str, name: str, body: str) -> str:
         _, tail = rest.split(end, 1)
         return head + block + tail
     return text.rstrip() + "\n\n" + block + "\n"
+
+
+def load_yaml_mapping(path: str | os.PathLike[str], what: str, *, allow_empty: bool = False) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; a missing, malformed or wrong-shaped file is one ConfigError line.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages ("config", "sweep spec", "track").
+        allow_empty: an empty file is ``{}`` instead of an error.
+    """
+    import yaml
+
+    from benchmark.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None and allow_empty:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping, got {type(data).__name__}")
+    return data

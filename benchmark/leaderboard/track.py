@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from benchmark.errors import ConfigError, DataNotFoundError, DglbenchError
+from benchmark.io import load_yaml_mapping
 from benchmark.leaderboard.typed import from_dict, to_dict
 
 __all__ = [
@@ -300,7 +301,6 @@ def load_track(spec: str | Path, root: str | Path | None = None) -> Track:
         DataNotFoundError: no such track (the message lists the stored ones).
         ConfigError: the file is not a valid track (unknown or missing key, wrong type, bad value).
     """
-    import yaml
 
     root = Path(root or default_root())
     path = Path(spec)
@@ -312,12 +312,7 @@ def load_track(spec: str | Path, root: str | Path | None = None) -> Track:
         path = next((track_path(track_id, v, root) for v in candidates if track_path(track_id, v, root).exists()), None)
         if path is None:
             raise DataNotFoundError(f"no track {spec!r} under {root}; stored tracks: {', '.join(list_tracks(root))}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read track {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"track {path} must be a YAML mapping")
+    data = load_yaml_mapping(path, "track")
     track = Track.from_dict(data, source=str(path))
     folder = path.parent.parent.name
     if path.parent.name == "tracks" and folder.startswith("v") and folder[1:].isdigit():

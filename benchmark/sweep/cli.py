@@ -14,12 +14,11 @@ DEMO_SPEC = "demo"
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
     if args.sweep_command == "list":
+        from benchmark.io import load_yaml_mapping
         from benchmark.sweep.spec import _CONFIG_DIR
 
         for path in sorted(_CONFIG_DIR.glob("*.yaml")):
-            import yaml
-
-            print(f"{path.stem:28s} {(yaml.safe_load(path.read_text()) or {}).get('description', '')}")
+            print(f"{path.stem:28s} {load_yaml_mapping(path, 'sweep spec').get('description', '')}")
         return
     if args.sweep_command == "run":
         from benchmark.sweep.runner import run_sweep

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchmark.errors import ConfigError
+from benchmark.io import load_yaml_mapping
 from benchmark.trial import TrialConfig
 
 __all__ = ["SweepSpec", "load_spec", "resolve_spec_path", "validate_trial"]
@@ -151,10 +150,7 @@ def load_spec(spec: str | Path | dict[str, Any], *, validate: bool = True) -> Sw
     else:
         path = resolve_spec_path(spec)
         where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        data = load_yaml_mapping(path, "sweep spec")
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a sweep spec is a mapping with 'method' and 'parameters'")
     unknown = sorted(set(data) - _TOP_KEYS)
