@@ -30,22 +30,14 @@ def machine() -> str:
 
 
 def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
-    from benchmark import bench_i2f
+    from benchmark import bench_attacks, bench_i2f
+    from benchmark.sweep import bench_demo
 
-    sections: dict[str, tuple[str, Callable[[], str]]] = {"i2f": ("I2F engine vs the paper's reference", bench_i2f.run)}
-    try:
-        from benchmark import bench_attacks
-
-        sections["attacks"] = ("Attacks", bench_attacks.run)
-    except ImportError:
-        pass
-    try:
-        from benchmark.sweep import bench_demo
-
-        sections["demo"] = ("Demo (experiment 1 on embedded data)", bench_demo.run)
-    except ImportError:
-        pass
-    return sections
+    return {
+        "i2f": ("I2F engine vs the paper's reference", bench_i2f.run),
+        "attacks": ("Attacks", bench_attacks.run),
+        "demo": ("Demo (experiment 1 on embedded data)", bench_demo.run),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -225,11 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for module in _COMMAND_MODULES:  # larger command groups register themselves
-        try:
-            importlib.import_module(module).register(add)
-        except ModuleNotFoundError as exc:
-            if not (exc.name and module.startswith(exc.name)):
-                raise
+        importlib.import_module(module).register(add)
     return parser
 
 
