@@ -22,17 +22,17 @@ demo: $(STAMP)  ## run the main job on embedded data (experiment 1: I2F vs attac
 	$(BIN)/dglbench demo
 
 test: $(STAMP)  ## run the whole test suite and the docstring examples (offline, CPU)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --doctest-modules tests benchmark models datamodules
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests
 
 test-fast: $(STAMP)  ## the suite without tests marked slow (the full zoo matrix)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" --doctest-modules tests benchmark models datamodules
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" tests
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check benchmark models datamodules tests
 	$(BIN)/ruff format --check benchmark models datamodules tests
 
 bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md
-	$(BIN)/python -m benchmark.bench
+	$(BIN)/python -m dglbench.bench
 
 lock: $(STAMP)  ## write constraints.txt: the exact versions of a reproducible benchmark run
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt

@@ -1,7 +1,7 @@
 """``make bench``: run the benchmarks and write their sections of BENCHMARKS.md (atomically).
 
 Each section records the command, the machine and the date. Sections are replaced between
-markers, so one benchmark can be re-run alone: ``python -m benchmark.bench --only i2f``.
+markers, so one benchmark can be re-run alone: ``python -m dglbench.bench --only i2f``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
-from benchmark.io import atomic_write_text, replace_between_markers
+from dglbench.io import atomic_write_text, replace_between_markers
 
 
 def machine() -> str:
@@ -30,8 +29,8 @@ def machine() -> str:
 
 
 def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
-    from benchmark import bench_attacks, bench_i2f
-    from benchmark.sweep import bench_demo
+    from dglbench import bench_attacks, bench_i2f
+    from dglbench.sweep import bench_demo
 
     return {
         "i2f": ("I2F engine vs the paper's reference", bench_i2f.run),
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[bench] {name} ...", flush=True)
         body = fn()
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        cmd = f"python -m benchmark.bench --only {name}"
+        cmd = f"python -m dglbench.bench --only {name}"
         section = (
             f"## {title}\n\nCommand: `{cmd}` (part of `make bench`). Machine: {machine()}. Date: {stamp}.\n\n{body}"
         )

@@ -1,16 +1,16 @@
 """Micro-benchmarks of the attacks: framework overhead per iteration, and victims/s batched vs looped.
 
-``bench_attack_overhead`` times :class:`~benchmark.attacks.InvertingGradients` against a minimal
+``bench_attack_overhead`` times :class:`~dglbench.attacks.InvertingGradients` against a minimal
 hand-written loop (forward, gradient with ``create_graph``, layer-wise cosine loss, backward, Adam
 step) on the same model and victim, interleaving the two so that both see the same machine load,
 and reports median and best per-iteration times and their ratios. ``bench_many_victims`` compares
 three ways to attack ``V`` independent victims: a Python loop of ``run``, one stacked optimization
 with per-victim autograd gradients and one backward for all, and the default ``torch.func.vmap``.
 
-Run ``python -m benchmark.bench_attacks`` (one intra-op thread) to print both.
+Run ``python -m dglbench.bench_attacks`` (one intra-op thread) to print both.
 
 Example:
-    >>> from benchmark.bench_attacks import bench_attack_overhead
+    >>> from dglbench.bench_attacks import bench_attack_overhead
     >>> out = bench_attack_overhead(image_size=8, iterations=3, repeats=1)
     >>> sorted(k for k in out if k.startswith("ratio"))
     ['ratio', 'ratio_bare', 'ratio_best']
@@ -25,19 +25,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from dglbench.attacks import InvertingGradients
+from dglbench.case import Case, Payload, make_payload
+from dglbench.gradients import flat_parameter_gradient
 from torch import nn
-
-from benchmark.attacks import InvertingGradients
-from benchmark.case import Case, Payload, make_payload
-from benchmark.gradients import flat_parameter_gradient
 
 __all__ = ["bench_attack_overhead", "bench_many_victims"]
 
 
 def _convnet5(image_size: int, seed: int) -> nn.Module:
     import timm
-
-    import models
+    from dglbench import models
 
     model = timm.create_model("convnet5", num_classes=10, in_chans=1, img_size=image_size)
     return models.initialize(model, "uniform", seed=seed).eval()
@@ -157,8 +155,8 @@ def bench_many_victims(
 
 def bench_recovery(*, victims: int = 4) -> list[dict[str, Any]]:
     """No defense, convnet5 (uniform init) on embedded digits: PSNR, attack and I2F seconds per victim."""
-    from benchmark.runner import run_trial
-    from benchmark.trial import TrialConfig
+    from dglbench.runner import run_trial
+    from dglbench.trial import TrialConfig
 
     rows = []
     for attack, params in (

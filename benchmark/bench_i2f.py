@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwad
+from dglbench.gradients import flat_parameter_gradient
+from dglbench.influence import i2f, i2f_lower_bound
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
-
-from benchmark.gradients import flat_parameter_gradient
-from benchmark.influence import i2f, i2f_lower_bound
 
 
 @dataclass(frozen=True)
@@ -105,8 +104,7 @@ def bench_case(
 def run(repeats: int = 3) -> str:
     """Run both standard cases and return the Markdown section for BENCHMARKS.md."""
     import timm
-
-    import models  # noqa: F401  (registers the classic nets into timm)
+    from dglbench import models  # noqa: F401  (registers the classic nets into timm)
 
     rows = [
         bench_case("convnet5 (sigmoid) on 1×28×28", timm.create_model("convnet5", num_classes=10, in_chans=1),

@@ -7,7 +7,7 @@ gradient and is the only thing an attack receives besides the model.
 
 Example:
     >>> import torch
-    >>> from benchmark.case import Case, make_payload
+    >>> from dglbench.case import Case, make_payload
     >>> case = Case(labels="inferred")
     >>> payload = make_payload(case, torch.zeros(10), torch.tensor([3]))
     >>> payload.labels is None, payload.batch_size
@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from dglbench.errors import ConfigError
+from dglbench.gradients import LossFn, make_loss
 from torch import Tensor, nn
-
-from benchmark.errors import ConfigError
-from benchmark.gradients import LossFn, make_loss
 
 __all__ = ["Case", "Payload", "DefenseContext", "make_payload"]
 

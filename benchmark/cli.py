@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from benchmark.errors import ConfigError, DglbenchError
+from dglbench.errors import ConfigError, DglbenchError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -45,39 +45,38 @@ def _table(rows: list[dict[str, object]], columns: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------------ listing
 def _cmd_models(args: argparse.Namespace) -> None:
     import timm
-
-    import models  # noqa: F401
+    from dglbench import models  # noqa: F401
 
     names = timm.list_models(args.pattern)
     print("\n".join(names) if names else f"no model matches {args.pattern!r}")
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
-    from datamodules import DATAMODULES
+    from dglbench.datamodules import DATAMODULES
 
     print("\n".join(DATAMODULES.list(args.pattern)))
 
 
 def _cmd_inits(args: argparse.Namespace) -> None:
-    from models.init import INITIALIZATIONS
+    from dglbench.models.init import INITIALIZATIONS
 
     print("\n".join(INITIALIZATIONS.list(args.pattern)))
 
 
 def _cmd_attacks(args: argparse.Namespace) -> None:
-    from benchmark.attacks import ATTACKS
+    from dglbench.attacks import ATTACKS
 
     print("\n".join(ATTACKS.list(args.pattern)))
 
 
 def _cmd_defenses(args: argparse.Namespace) -> None:
-    from benchmark.defenses import DEFENSES
+    from dglbench.defenses import DEFENSES
 
     print("\n".join(DEFENSES.list(args.pattern)))
 
 
 def _cmd_zoo(args: argparse.Namespace) -> None:
-    from models.zoo import ZOO, capability_matrix, format_table
+    from dglbench.models.zoo import ZOO, capability_matrix, format_table
 
     print(format_table(capability_matrix(ZOO, pattern=args.pattern)))
 
@@ -85,7 +84,7 @@ def _cmd_zoo(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ runs
 def load_config_file(path: str) -> dict[str, object]:
     """A YAML/JSON trial config file as a dict; a missing or malformed file is one clear line."""
-    from benchmark.io import load_yaml_mapping
+    from dglbench.io import load_yaml_mapping
 
     return load_yaml_mapping(path, "config", allow_empty=True)
 
@@ -136,8 +135,8 @@ def _print_records(records: list[dict[str, object]]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from benchmark.runner import run_trial
-    from benchmark.trial import TrialConfig
+    from dglbench.runner import run_trial
+    from dglbench.trial import TrialConfig
 
     base = load_config_file(args.config) if args.config else {}
     config = TrialConfig.from_dict(base).with_overrides(_overrides(args.overrides))
@@ -168,8 +167,8 @@ def _make_logger(kind: str, out: str, config: object) -> object:
 
 
 def _cmd_i2f(args: argparse.Namespace) -> None:
-    from benchmark.runner import run_trial
-    from benchmark.trial import TrialConfig
+    from dglbench.runner import run_trial
+    from dglbench.trial import TrialConfig
 
     config = TrialConfig(
         dataset=args.dataset, model=args.model, init=args.init, init_seed=args.seed, seed=args.seed,
@@ -179,7 +178,7 @@ def _cmd_i2f(args: argparse.Namespace) -> None:
     _print_records(run_trial(config, progress=False))
 
 
-_COMMAND_MODULES = ("benchmark.sweep.cli", "benchmark.leaderboard.cli")
+_COMMAND_MODULES = ("dglbench.sweep.cli", "dglbench.leaderboard.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

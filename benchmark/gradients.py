@@ -12,7 +12,7 @@ diagonal (victim ``i``'s gradient depends only on victim ``i``'s images).
 
 Example:
     >>> import torch
-    >>> from benchmark.gradients import GradientOperator
+    >>> from dglbench.gradients import GradientOperator
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     >>> op = GradientOperator(model, torch.randn(1, 1, 2, 2), torch.tensor([1]))
     >>> op.gradient.shape, op.rmatvec(torch.randn(1, 15)).shape, op.matvec(torch.randn(1, 4)).shape
@@ -26,10 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from dglbench.errors import ConfigError, NotTwiceDifferentiableError, ShapeError
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
-
-from benchmark.errors import ConfigError, NotTwiceDifferentiableError, ShapeError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Perturbation = Tensor | Sequence[Tensor] | Mapping[str, Tensor]

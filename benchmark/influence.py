@@ -13,7 +13,7 @@ the same batch shape are vectorized together, each with its own Krylov coefficie
 
 Example:
     >>> import torch
-    >>> from benchmark.influence import i2f_lower_bound
+    >>> from dglbench.influence import i2f_lower_bound
     >>> torch.manual_seed(0) and None
     >>> nn = torch.nn
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Sigmoid(), nn.Linear(8, 3))
@@ -30,10 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
+from dglbench.errors import ConfigError, ShapeError
+from dglbench.gradients import GradientOperator, LossFn, Perturbation, flatten_perturbation
 from torch import Tensor, nn
-
-from benchmark.errors import ConfigError, ShapeError
-from benchmark.gradients import GradientOperator, LossFn, Perturbation, flatten_perturbation
 
 __all__ = [
     "Eigenpairs",
@@ -316,7 +315,7 @@ def i2f_lower_bound(
         labels: ``[B]`` (or a list aligned with ``images``).
         perturbation: δ = g̃ − g; for one victim a flat ``[d_θ]`` vector, a list shaped like
             ``model.parameters()``, or a name → tensor dict; for many victims a list of those or ``[V, d_θ]``.
-        loss: the victim's loss (see :func:`benchmark.gradients.make_loss`).
+        loss: the victim's loss (see :func:`dglbench.gradients.make_loss`).
         tol: relative tolerance on ``λ_max`` (Lanczos residual test).
         max_iter: most Lanczos steps (each costs one ``K v`` and one ``Kᵀ u``).
         seed: seed of the Lanczos start vector.

@@ -68,8 +68,7 @@ def load_yaml_mapping(path: str | os.PathLike[str], what: str, *, allow_empty: b
         allow_empty: an empty file is ``{}`` instead of an error.
     """
     import yaml
-
-    from benchmark.errors import ConfigError
+    from dglbench.errors import ConfigError
 
     try:
         data = yaml.safe_load(Path(path).read_text())

@@ -25,7 +25,7 @@ on 64×64 patches; AlexNet's LPIPS layers need about 32 px at least).
 
 Example:
     >>> import torch
-    >>> from benchmark.metrics import reconstruction_metrics
+    >>> from dglbench.metrics import reconstruction_metrics
     >>> x = torch.rand(2, 1, 8, 8)
     >>> m = reconstruction_metrics(x.flip(0) + 0.01, x, denormalize=lambda t: t)
     >>> m.assignment, round(m.rmse, 4)
@@ -43,9 +43,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from dglbench.errors import ConfigError, ShapeError
 from torch import Tensor
-
-from benchmark.errors import ConfigError, ShapeError
 
 __all__ = [
     "IMAGE_METRICS",

@@ -1,7 +1,7 @@
 """LightningModules: defense → I2F → attack → metrics per victim batch, one record per victim.
 
-The algorithms are plain functions and classes (:mod:`benchmark.influence`,
-:mod:`benchmark.attacks`, :mod:`benchmark.defenses`, :mod:`benchmark.metrics`); this module only
+The algorithms are plain functions and classes (:mod:`dglbench.influence`,
+:mod:`dglbench.attacks`, :mod:`dglbench.defenses`, :mod:`dglbench.metrics`); this module only
 wires them together so that Lightning can shard victims across devices and machines.
 
 Runs under ``trainer.predict`` (or ``trainer.test``) with ``Trainer(inference_mode=False)``: the
@@ -26,14 +26,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from dglbench.case import DefenseContext, make_payload
+from dglbench.errors import ConfigError, DglbenchError
+from dglbench.influence import estimate_i2f
+from dglbench.io import atomic_write_json
+from dglbench.trial import SCHEMA_VERSION, TrialConfig
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
-
-from benchmark.case import DefenseContext, make_payload
-from benchmark.errors import ConfigError, DglbenchError
-from benchmark.influence import estimate_i2f
-from benchmark.io import atomic_write_json
-from benchmark.trial import SCHEMA_VERSION, TrialConfig
 
 __all__ = ["LeakageModule", "RecordWriter", "build_victim_model", "log_record", "provenance"]
 
@@ -43,10 +42,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def build_victim_model(config: TrialConfig, num_classes: int, image_shape: Sequence[int]) -> torch.nn.Module:
     """The trial's victim model from timm's registry, initialized, twice differentiable, in the case's mode."""
     import timm
-
-    import models
-    from models.init import initialize
-    from models.zoo import ZOO
+    from dglbench import models
+    from dglbench.models.init import initialize
+    from dglbench.models.zoo import ZOO
 
     zoo_kwargs = next((dict(e.kwargs) for e in ZOO if e.name == config.model), {})
     kwargs = {"num_classes": num_classes, "in_chans": int(image_shape[0]), **zoo_kwargs, **config.model_params}
@@ -70,8 +68,7 @@ def build_victim_model(config: TrialConfig, num_classes: int, image_shape: Seque
 def _static_provenance() -> dict[str, Any]:
     import lightning
     import timm
-
-    from benchmark import __version__
+    from dglbench import __version__
 
     try:
         commit = subprocess.run(
@@ -111,10 +108,10 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 class LeakageModule(pl.LightningModule):
-    """Runs one trial over the victims of a :class:`~datamodules.base.VictimDataModule`.
+    """Runs one trial over the victims of a :class:`~dglbench.datamodules.base.VictimDataModule`.
 
     Args:
-        config: the trial (a :class:`~benchmark.trial.TrialConfig` or its dict).
+        config: the trial (a :class:`~dglbench.trial.TrialConfig` or its dict).
         mode: ``"both"`` (estimate and attack), ``"estimate"`` (I2F only: cheap) or ``"attack"``;
             default from the config (``attack: null`` means estimate only).
         records_dir: where :class:`RecordWriter` finds finished victims (they are skipped).
@@ -143,8 +140,8 @@ class LeakageModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        from benchmark.attacks import create_attack
-        from benchmark.defenses import create_defense
+        from dglbench.attacks import create_attack
+        from dglbench.defenses import create_defense
 
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None:
@@ -157,7 +154,7 @@ class LeakageModule(pl.LightningModule):
         )
         self.lpips = None
         if self.mode != "estimate" and self.config.lpips:
-            from benchmark.metrics import LpipsScorer
+            from dglbench.metrics import LpipsScorer
 
             self.lpips = [LpipsScorer("alex"), LpipsScorer("vgg")]  # unavailable (with reason) without weights
 
@@ -235,7 +232,7 @@ class LeakageModule(pl.LightningModule):
         victim["record"]["reason"] = f"{stage}: {text}"
 
     def _defend(self, victims: list[dict[str, Any]]) -> None:
-        from benchmark.defenses import defense_name, describe_defense, run_defense
+        from dglbench.defenses import defense_name, describe_defense, run_defense
 
         assert self.victim_model is not None
         for v in victims:
@@ -301,7 +298,7 @@ class LeakageModule(pl.LightningModule):
             v["record"]["i2f"] = _jsonable(v["record"]["i2f"])  # NaN/inf -> null: JSON has no NaN
 
     def _attack(self, victims: list[dict[str, Any]]) -> None:
-        from benchmark.metrics import reconstruction_metrics
+        from dglbench.metrics import reconstruction_metrics
 
         if not victims or self.attack is None:
             return
@@ -394,7 +391,7 @@ class RecordWriter(BasePredictionWriter):
         self.directory = Path(directory)
 
     def write_records(self, trainer: pl.Trainer, records: list[dict[str, Any]]) -> None:
-        from datamodules.base import owned_by_rank
+        from dglbench.datamodules.base import owned_by_rank
 
         for rec in records:
             if bool(owned_by_rank(rec["victim_id"], trainer.global_rank, trainer.world_size)):

@@ -3,7 +3,7 @@
 Models use timm's own registry (see :mod:`models`); everything else uses :class:`Registry`.
 
 Example:
-    >>> from benchmark.registry import Registry
+    >>> from dglbench.registry import Registry
     >>> fruits = Registry("fruit")
     >>> @fruits.register("apple")
     ... class Apple:
@@ -21,7 +21,7 @@ import fnmatch
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from benchmark.errors import ConfigError, UnknownNameError
+from dglbench.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 

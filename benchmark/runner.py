@@ -6,8 +6,8 @@ the trial's single record file ``<out>/records/<trial_id>.json`` atomically. Vic
 exists are skipped, so a killed run resumes where it stopped.
 
 Example:
-    >>> from benchmark.runner import run_trial
-    >>> from benchmark.trial import TrialConfig
+    >>> from dglbench.runner import run_trial
+    >>> from dglbench.trial import TrialConfig
     >>> cfg = TrialConfig(attack=None, dataset_params={"num_victims": 2, "image_size": 8})
     >>> records = run_trial(cfg, progress=False)
     >>> [r["status"] for r in records]
@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from benchmark.errors import ConfigError, DglbenchError
-from benchmark.io import atomic_write_json
-from benchmark.trial import TrialConfig
+from dglbench.errors import ConfigError, DglbenchError
+from dglbench.io import atomic_write_json
+from dglbench.trial import TrialConfig
 
 __all__ = ["run_trial", "record_path", "load_trial_records", "make_trainer", "is_global_zero"]
 
@@ -126,8 +125,8 @@ def _run_trial(
     strategy: str | None,
     num_nodes: int = 1,
 ) -> list[dict[str, Any]]:
-    from benchmark.modules import LeakageModule, RecordWriter, log_record
-    from datamodules import create_datamodule
+    from dglbench.datamodules import create_datamodule
+    from dglbench.modules import LeakageModule, RecordWriter, log_record
 
     if accelerator == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Victims are small: intra-op threads cost more than they give (a trial measured 7x slower with 2

@@ -4,7 +4,7 @@ A trial's id is a hash of its resolved configuration and the dglbench version, s
 configuration always maps to the same record file and a re-run can skip it.
 
 Example:
-    >>> from benchmark.trial import TrialConfig
+    >>> from dglbench.trial import TrialConfig
     >>> cfg = TrialConfig.from_dict({"defense": "gaussian", "defense_params": {"sigma": 0.01}})
     >>> cfg.trial_id == TrialConfig.from_dict(cfg.to_dict()).trial_id
     True
@@ -22,8 +22,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.case import Case
-from benchmark.errors import ConfigError
+from dglbench.case import Case
+from dglbench.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
@@ -47,7 +47,7 @@ class TrialConfig:
         estimate: whether to compute the I2F lower bound and exact I2F.
         eps: damping values of exact I2F (one value per entry).
         lower_bound_tol / cg_tol / cg_max_iter: solver tolerances.
-        case: the threat model (see :class:`benchmark.case.Case`), as a dict.
+        case: the threat model (see :class:`dglbench.case.Case`), as a dict.
         seed: seeds the defense's generator and the attack's initialization.
         victims_per_step: victims vectorized together in one step.
         lpips: whether to try LPIPS (recorded as unavailable when its weights are absent).
@@ -146,15 +146,14 @@ class TrialConfig:
         """Resolve every name and build every component (data module, model name, init, defense, attack).
 
         Loads no data and runs nothing; an unknown name or a bad parameter raises a one-line
-        :class:`~benchmark.errors.DglbenchError` before any output is written.
+        :class:`~dglbench.errors.DglbenchError` before any output is written.
         """
         import timm
-
-        import models  # noqa: F401  (registers the classic nets with timm)
-        from benchmark.attacks import create_attack
-        from benchmark.defenses import create_defense
-        from datamodules import DATAMODULES, create_datamodule
-        from models.init import INITIALIZATIONS
+        from dglbench import models  # noqa: F401  (registers the classic nets with timm)
+        from dglbench.attacks import create_attack
+        from dglbench.datamodules import DATAMODULES, create_datamodule
+        from dglbench.defenses import create_defense
+        from dglbench.models.init import INITIALIZATIONS
 
         DATAMODULES.get(self.dataset)
         create_datamodule(self.dataset, **self.dataset_params)  # checks the arguments; loads nothing
@@ -172,7 +171,7 @@ class TrialConfig:
     @property
     def trial_id(self) -> str:
         """Stable id: a hash of the resolved configuration and the dglbench version."""
-        from benchmark import __version__
+        from dglbench import __version__
 
         blob = json.dumps({"config": self.to_dict(), "version": __version__}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -5,7 +5,7 @@ From disk through torchvision: ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifa
 Every one follows the victim protocol of :class:`VictimDataModule`.
 
 Example:
-    >>> from datamodules import DATAMODULES, create_datamodule
+    >>> from dglbench.datamodules import DATAMODULES, create_datamodule
     >>> DATAMODULES.list("*mnist")
     ['fashion_mnist', 'mnist']
     >>> dm = create_datamodule("digits", num_victims=3, seed=1)
@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.registry import Registry
-from datamodules.base import VictimDataModule, VictimDataset, owned_by_rank
-from datamodules.embedded import DigitsDataModule, FacesDataModule, NaturalDataModule, stratified_split
-from datamodules.imagenet import ImageNetDataModule
-from datamodules.standard import (
+from dglbench.datamodules.base import VictimDataModule, VictimDataset, owned_by_rank
+from dglbench.datamodules.embedded import DigitsDataModule, FacesDataModule, NaturalDataModule, stratified_split
+from dglbench.datamodules.imagenet import ImageNetDataModule
+from dglbench.datamodules.standard import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     FashionMNISTDataModule,
     MNISTDataModule,
     SVHNDataModule,
 )
+from dglbench.registry import Registry
 
 DATAMODULES: Registry[type[VictimDataModule]] = Registry("dataset")
 for _cls in (
@@ -47,7 +47,7 @@ for _cls in (
 def create_datamodule(name: str, **kwargs: Any) -> VictimDataModule:
     """The DataModule registered as ``name``, built with ``kwargs`` (the :class:`VictimDataModule` arguments).
 
-    An unknown name raises :class:`~benchmark.errors.UnknownNameError`; a bad argument a ``ConfigError``.
+    An unknown name raises :class:`~dglbench.errors.UnknownNameError`; a bad argument a ``ConfigError``.
     """
     return DATAMODULES.create(name, **kwargs)
 

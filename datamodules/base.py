@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from dglbench.errors import ConfigError, ShapeError
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-
-from benchmark.errors import ConfigError, ShapeError
 
 
 def owned_by_rank(victim_id: Tensor | int, rank: int, world_size: int) -> Tensor:
@@ -124,7 +123,7 @@ class VictimDataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
 
     Example:
-        >>> from datamodules import DigitsDataModule
+        >>> from dglbench.datamodules import DigitsDataModule
         >>> dm = DigitsDataModule(num_victims=4, images_per_victim=2, victims_per_step=2)
         >>> dm.setup("test")
         >>> batch = next(iter(dm.test_dataloader()))

@@ -18,10 +18,9 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dglbench.datamodules.base import VictimDataModule
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
-
-from datamodules.base import VictimDataModule
 
 
 def stratified_split(labels: Tensor, test_fraction: float = 0.2, seed: int = 0) -> dict[str, Tensor]:

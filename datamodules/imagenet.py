@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 
+from dglbench.datamodules.base import VictimDataModule
+from dglbench.errors import ConfigError, DataNotFoundError
 from timm.data import ImageNetInfo
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
-
-from benchmark.errors import ConfigError, DataNotFoundError
-from datamodules.base import VictimDataModule
 
 _HOW_TO_GET = (
     "download ILSVRC2012_img_val.tar from https://image-net.org (login required) and sort its images into "

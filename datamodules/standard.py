@@ -1,7 +1,7 @@
 """The standard small-image datasets, read from disk by torchvision's own loaders.
 
 Files live under ``root`` in torchvision's layout; ``download=True`` fetches missing ones in
-``prepare_data``. Missing or corrupted files raise :class:`~benchmark.errors.DataNotFoundError` with one
+``prepare_data``. Missing or corrupted files raise :class:`~dglbench.errors.DataNotFoundError` with one
 line naming the expected path, where to get the files, and ``download=True``.
 
 ``mean``/``std`` are the usual per-channel train-split statistics (population std over all pixels).
@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
+from dglbench.datamodules.base import VictimDataModule
+from dglbench.errors import DataNotFoundError
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
-
-from benchmark.errors import DataNotFoundError
-from datamodules.base import VictimDataModule
 
 
 class _TorchvisionDataModule(VictimDataModule):

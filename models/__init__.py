@@ -1,10 +1,10 @@
 """The dglbench model zoo: timm's registry plus the classic gradient-leakage nets registered into it.
 
-``import models`` registers ``convnet5``, ``mlp_1x256``, ``mlp_2x256``, ``linear``, ``ig_convnet``,
+``import dglbench.models`` registers ``convnet5``, ``mlp_1x256``, ``mlp_2x256``, ``linear``, ``ig_convnet``,
 ``ig_convnet_w16`` and the CIFAR ResNets (``cifar_resnet18/20/56``, ``cifar_resnet32_10``) with
 ``timm.create_model`` / ``timm.list_models``, and exposes the twice-differentiability layer
-(:mod:`models.compat`) and the seeded initializations (:mod:`models.init`). The capability list of
-timm architectures is :mod:`models.zoo` (imported on use).
+(:mod:`dglbench.models.compat`) and the seeded initializations (:mod:`dglbench.models.init`). The capability list of
+timm architectures is :mod:`dglbench.models.zoo` (imported on use).
 
 Example:
     >>> import timm, models
@@ -13,9 +13,9 @@ Example:
     >>> net = models.make_twice_differentiable(timm.create_model("convnet5", num_classes=10))
 """
 
-from models import classic, resnet_cifar
-from models.compat import check_twice_differentiable, make_twice_differentiable, set_batchnorm_mode
-from models.init import INITIALIZATIONS, initialize
+from dglbench.models import classic, resnet_cifar
+from dglbench.models.compat import check_twice_differentiable, make_twice_differentiable, set_batchnorm_mode
+from dglbench.models.init import INITIALIZATIONS, initialize
 
 CLASSIC_MODELS: tuple[str, ...] = (
     "convnet5",

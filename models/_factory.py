@@ -3,7 +3,7 @@
 timm's ``create_model`` calls an entrypoint as ``fn(pretrained=..., pretrained_cfg=...,
 pretrained_cfg_overlay=..., cache_dir=..., **kwargs)``. No pretrained weights exist for the classic
 gradient-leakage nets, so :func:`build` refuses ``pretrained=True`` with a one-line
-:class:`~benchmark.errors.ConfigError` (timm itself would only log a warning and return a randomly
+:class:`~dglbench.errors.ConfigError` (timm itself would only log a warning and return a randomly
 initialized model), and attaches the resolved config as ``model.pretrained_cfg`` /
 ``model.default_cfg`` with the input size and class count the model was actually built with.
 """
@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dglbench.errors import ConfigError
 from timm.models._builder import resolve_pretrained_cfg
 from torch import nn
-
-from benchmark.errors import ConfigError
 
 
 def make_cfg(input_size: tuple[int, int, int], num_classes: int = 10, **kwargs: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The classic gradient-leakage networks, registered into timm's model registry.
 
-Importing this module (``import models`` does) makes these names known to ``timm.create_model`` and
+Importing this module (``import dglbench.models`` does) makes these names known to ``timm.create_model`` and
 ``timm.list_models``:
 
 ========================  ==================================================================
@@ -19,7 +19,7 @@ Input size: ``in_chans=1`` defaults to 28x28 (MNIST), any other channel count to
 ``img_size=`` (int or (H, W)) sets any other size and the linear head's in-features follow from it.
 The MLPs use sigmoid units by default because DLG's nets do and because their second derivative is
 non-zero (ReLU's is zero almost everywhere); ``act_layer="relu"`` or ``"tanh"`` switches. The CIFAR
-ResNets live in :mod:`models.resnet_cifar`. No pretrained weights exist: ``pretrained=True`` raises.
+ResNets live in :mod:`dglbench.models.resnet_cifar`. No pretrained weights exist: ``pretrained=True`` raises.
 
 Example:
     >>> import timm, models
@@ -34,11 +34,10 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
+from dglbench.errors import ConfigError
+from dglbench.models._factory import build, default_img_size, make_cfg
 from timm.models import register_model
 from torch import nn
-
-from benchmark.errors import ConfigError
-from models._factory import build, default_img_size, make_cfg
 
 __all__ = ["ConvNet5", "IGConvNet", "MLP"]
 

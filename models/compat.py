@@ -34,9 +34,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from dglbench.errors import ConfigError, NotTwiceDifferentiableError
 from torch import nn
-
-from benchmark.errors import ConfigError, NotTwiceDifferentiableError
 
 __all__ = [
     "Hardsigmoid",

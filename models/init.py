@@ -22,7 +22,7 @@ those must be reproducible too. Buffers (BatchNorm running statistics) are never
 
 Example:
     >>> import timm, models
-    >>> from models.init import initialize
+    >>> from dglbench.models.init import initialize
     >>> net = initialize(timm.create_model("convnet5"), "uniform", seed=0)
     >>> bool(all(p.abs().max() <= 0.5 for p in net.parameters()))
     True
@@ -36,10 +36,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from dglbench.errors import ConfigError
+from dglbench.registry import Registry
 from torch import nn
-
-from benchmark.errors import ConfigError
-from benchmark.registry import Registry
 
 __all__ = ["INITIALIZATIONS", "initialize"]
 

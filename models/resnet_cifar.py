@@ -32,10 +32,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from dglbench.models._factory import build, default_img_size, make_cfg
 from timm.models import register_model
 from torch import nn
-
-from models._factory import build, default_img_size, make_cfg
 
 __all__ = ["BasicBlock", "CifarResNet"]
 

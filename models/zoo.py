@@ -12,12 +12,12 @@ beyond the input size:
 - ``pit_ti_224``: ``patch_size=4, stride=2`` keep a 15x15 token grid at 32x32.
 
 :func:`check_entry` runs one entry the way a victim runs (pretrained=False, 10 classes, eval mode,
-:func:`~models.compat.make_twice_differentiable`), checks the double backward and computes the I2F
+:func:`~dglbench.models.compat.make_twice_differentiable`), checks the double backward and computes the I2F
 lower bound for Gaussian noise; :func:`capability_matrix` runs a list and :func:`format_table`
 renders it. A failure is a row with ``works=False`` and a one-line reason, never an exception.
 
 Example:
-    >>> from models.zoo import ZOO, capability_matrix, format_table
+    >>> from dglbench.models.zoo import ZOO, capability_matrix, format_table
     >>> rows = capability_matrix(pattern="resnet10t", run_i2f=False, progress=False)
     >>> rows[0].works
     True
@@ -34,9 +34,8 @@ from typing import Any
 
 import timm
 import torch
+from dglbench.models.compat import check_twice_differentiable, make_twice_differentiable
 from tqdm.auto import tqdm
-
-from models.compat import check_twice_differentiable, make_twice_differentiable
 
 __all__ = ["ZOO", "ZooEntry", "ZooRow", "capability_matrix", "check_entry", "format_table"]
 
@@ -164,7 +163,7 @@ def check_entry(entry: ZooEntry, *, run_i2f: bool = True) -> ZooRow:
             raise ValueError(f"output shape {tuple(logits.shape)}, expected (1, {NUM_CLASSES})")
         check_twice_differentiable(model, entry.input_size, NUM_CLASSES)
         if run_i2f:
-            from benchmark.influence import i2f_lower_bound  # the engine is optional for the rest
+            from dglbench.influence import i2f_lower_bound  # the engine is optional for the rest
 
             noise = NOISE_STD * torch.randn(parameters, generator=generator)
             result = i2f_lower_bound(model, x, y, noise, tol=1e-2, max_iter=10)

@@ -11,7 +11,7 @@ Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> 
 one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResult]`` for many.
 
 Example:
-    >>> from benchmark.attacks import ATTACKS, create_attack
+    >>> from dglbench.attacks import ATTACKS, create_attack
     >>> ATTACKS.list()
     ['dlg', 'idlg', 'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
@@ -22,19 +22,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.attacks.base import ATTACKS, Attack, AttackResult
-from benchmark.attacks.dlg import DLG, IDLG
-from benchmark.attacks.inverting_gradients import InvertingGradients
-from benchmark.attacks.labels import infer_labels
+from dglbench.attacks.base import ATTACKS, Attack, AttackResult
+from dglbench.attacks.dlg import DLG, IDLG
+from dglbench.attacks.inverting_gradients import InvertingGradients
+from dglbench.attacks.labels import infer_labels
 
-__all__ = ["ATTACKS", "DLG", "IDLG", "Attack", "AttackResult", "InvertingGradients", "create_attack", "infer_labels"]
+__all__ = [
+    "ATTACKS",
+    "DLG",
+    "IDLG",
+    "Attack",
+    "AttackResult",
+    "InvertingGradients",
+    "create_attack",
+    "infer_labels",
+    "list_attacks",
+]
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    """The registered attack names matching a wildcard ``pattern``, sorted.
+
+    Example:
+        >>> list_attacks("*dlg")
+        ['dlg', 'idlg']
+    """
+    return ATTACKS.list(pattern)
 
 
 def create_attack(name: str, **kwargs: Any) -> Attack:
     """Instantiate the attack registered as ``name`` with its hyperparameters.
 
-    An unknown name raises :class:`~benchmark.errors.UnknownNameError` listing the available ones; an
-    unknown argument or a value of the wrong type or range raises :class:`~benchmark.errors.ConfigError`.
+    An unknown name raises :class:`~dglbench.errors.UnknownNameError` listing the available ones; an
+    unknown argument or a value of the wrong type or range raises :class:`~dglbench.errors.ConfigError`.
 
     Example:
         >>> create_attack("dlg", max_iterations=50).max_iterations

@@ -1,11 +1,11 @@
 """The attack interface: ``run`` rebuilds one victim's images, ``run_many`` many victims' at once.
 
 An attack is a frozen dataclass whose fields are its typed hyperparameters (defaults: the paper's).
-Types are checked at construction (a wrong type or range is a :class:`~benchmark.errors.ConfigError`);
+Types are checked at construction (a wrong type or range is a :class:`~dglbench.errors.ConfigError`);
 numerical trouble during a run is not an exception but an :class:`AttackResult` with
 ``status="failed"`` and a ``reason``.
 
-What an attack sees is the model and the :class:`~benchmark.case.Payload`: the (defended) gradient,
+What an attack sees is the model and the :class:`~dglbench.case.Payload`: the (defended) gradient,
 the labels and batch size when the case grants them, and the case, whose loss and model mode the
 attacker copies exactly. Images are rebuilt in the model's normalized input space; ``box=(lo, hi)``
 gives the valid range per channel in that space (``((0 − mean)/std, (1 − mean)/std)``).
@@ -15,9 +15,9 @@ a case and a batch size, and return one :class:`Outcome` each.
 
 Example:
     >>> import torch
-    >>> from benchmark.attacks import create_attack
-    >>> from benchmark.case import Case, make_payload
-    >>> from benchmark.gradients import flat_parameter_gradient
+    >>> from dglbench.attacks import create_attack
+    >>> from dglbench.case import Case, make_payload
+    >>> from dglbench.gradients import flat_parameter_gradient
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     >>> x, y = torch.rand(1, 1, 2, 2), torch.tensor([1])
     >>> payload = make_payload(Case(), flat_parameter_gradient(model, x, y), y)
@@ -37,12 +37,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import torch
+from dglbench.attacks.labels import infer_labels
+from dglbench.case import Case, Payload
+from dglbench.errors import ConfigError, ShapeError
+from dglbench.registry import Registry
 from torch import Tensor, nn
-
-from benchmark.attacks.labels import infer_labels
-from benchmark.case import Case, Payload
-from benchmark.errors import ConfigError, ShapeError
-from benchmark.registry import Registry
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "Box", "Outcome", "Victim", "best_restart", "check_fields", "subsample"]
 
@@ -188,7 +187,7 @@ class Attack:
     """Base class of the attacks; subclasses are frozen dataclasses of hyperparameters.
 
     Subclasses declare a ``restarts: int`` field, may declare ``label_strategy`` (see
-    :func:`~benchmark.attacks.labels.infer_labels`), set :attr:`infers_labels`, and implement :meth:`_solve`.
+    :func:`~dglbench.attacks.labels.infer_labels`), set :attr:`infers_labels`, and implement :meth:`_solve`.
     """
 
     #: labels that are not given are inferred before the optimization (True) or optimized with it (False).

@@ -2,7 +2,7 @@
 
 DLG: ``x̂, ŷ = argmin_{x', y'} ‖g(x', softmax(y')) − g̃‖²`` by L-BFGS from Gaussian images and label
 logits; when the payload carries the labels only the images are optimized. iDLG: the labels are
-inferred analytically from the last layer's gradient first (:mod:`benchmark.attacks.labels`), then
+inferred analytically from the last layer's gradient first (:mod:`dglbench.attacks.labels`), then
 DLG's optimization runs on the images alone.
 
 Defaults follow the DLG code (``mit-han-lab/dlg``, ``main.py``): ``torch.optim.LBFGS`` with lr 1 and
@@ -18,9 +18,9 @@ one after another (``run_many`` is a loop); only element-wise optimizers batch e
 
 Example:
     >>> import torch
-    >>> from benchmark.attacks import DLG
-    >>> from benchmark.case import Case, make_payload
-    >>> from benchmark.gradients import flat_parameter_gradient
+    >>> from dglbench.attacks import DLG
+    >>> from dglbench.case import Case, make_payload
+    >>> from dglbench.gradients import flat_parameter_gradient
     >>> nn = torch.nn
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2))
     >>> x, y = torch.rand(1, 1, 2, 2), torch.tensor([1])
@@ -37,12 +37,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from dglbench.attacks.base import ATTACKS, Attack, Box, Outcome, Victim, best_restart, subsample
+from dglbench.attacks.objectives import squared_distance
+from dglbench.errors import ConfigError
+from dglbench.gradients import flat_parameter_gradient
 from torch import Tensor, nn
-
-from benchmark.attacks.base import ATTACKS, Attack, Box, Outcome, Victim, best_restart, subsample
-from benchmark.attacks.objectives import squared_distance
-from benchmark.errors import ConfigError
-from benchmark.gradients import flat_parameter_gradient
 
 __all__ = ["DLG", "IDLG"]
 

@@ -4,7 +4,7 @@
 gradient, with the step size decayed by 10 at 3/8, 5/8 and 7/8 of the budget, each iterate
 projected into the valid pixel box, from a Gaussian start; of several restarts the one with the
 lowest final objective is kept. Labels that the payload does not carry are inferred first
-(iDLG for one image, LLG for a batch; see :mod:`benchmark.attacks.labels`).
+(iDLG for one image, LLG for a batch; see :mod:`dglbench.attacks.labels`).
 
 Defaults follow the paper and its code (``inversefed``): Adam lr 0.1, signed, boxed, step decay,
 24 000 iterations (the paper's budget for its reported images), TV weight 1e-4 (the code's
@@ -15,13 +15,13 @@ cosine over the whole gradient (``cosine_scope="global"``); the default here is 
 Victims and restarts are independent problems: they are stacked and their gradients computed in
 one vectorized pass (``torch.func.vmap``); as Adam, the sign and the clamp act element-wise, this
 equals running them one by one (to float rounding). On a CPU thread with convnet5 on 28x28 images,
-8 victims run about 2.5x faster than 8 separate runs (see :mod:`benchmark.bench_attacks`).
+8 victims run about 2.5x faster than 8 separate runs (see :mod:`dglbench.bench_attacks`).
 
 Example:
     >>> import torch
-    >>> from benchmark.attacks import InvertingGradients
-    >>> from benchmark.case import Case, make_payload
-    >>> from benchmark.gradients import flat_parameter_gradient
+    >>> from dglbench.attacks import InvertingGradients
+    >>> from dglbench.case import Case, make_payload
+    >>> from dglbench.gradients import flat_parameter_gradient
     >>> nn = torch.nn
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2))
     >>> x, y = torch.rand(1, 1, 2, 2), torch.tensor([1])
@@ -39,11 +39,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from dglbench.attacks.base import ATTACKS, Attack, Box, Outcome, Victim, best_restart, subsample
+from dglbench.attacks.objectives import GradientMatcher, cosine_distance, total_variation
+from dglbench.errors import ConfigError
 from torch import Tensor, nn
-
-from benchmark.attacks.base import ATTACKS, Attack, Box, Outcome, Victim, best_restart, subsample
-from benchmark.attacks.objectives import GradientMatcher, cosine_distance, total_variation
-from benchmark.errors import ConfigError
 
 __all__ = ["InvertingGradients", "signed_adam_descent"]
 

@@ -20,8 +20,8 @@ Federated Learning", PoPETs 2022, strategy "LLG")
 
 Example:
     >>> import torch
-    >>> from benchmark.attacks.labels import idlg_labels
-    >>> from benchmark.gradients import flat_parameter_gradient
+    >>> from dglbench.attacks.labels import idlg_labels
+    >>> from dglbench.gradients import flat_parameter_gradient
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
     >>> g = flat_parameter_gradient(model, torch.randn(1, 1, 4, 4), torch.tensor([3]))
     >>> idlg_labels(model, g).tolist()
@@ -33,10 +33,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from dglbench.case import Payload
+from dglbench.errors import ConfigError, ShapeError
 from torch import Tensor, nn
-
-from benchmark.case import Payload
-from benchmark.errors import ConfigError, ShapeError
 
 __all__ = ["LABEL_STRATEGIES", "class_gradient", "idlg_labels", "infer_labels", "llg_labels"]
 
@@ -108,7 +107,7 @@ def llg_labels(model: nn.Module, gradient: Tensor, batch_size: int) -> Tensor:
 
     Example:
         >>> import torch
-        >>> from benchmark.gradients import flat_parameter_gradient
+        >>> from dglbench.gradients import flat_parameter_gradient
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
         >>> g = flat_parameter_gradient(model, torch.randn(3, 1, 4, 4), torch.tensor([4, 1, 1]))
         >>> llg_labels(model, g, 3).tolist()
@@ -143,8 +142,8 @@ def infer_labels(model: nn.Module, payload: Payload, strategy: LabelStrategy = "
 
     Example:
         >>> import torch
-        >>> from benchmark.case import Case, make_payload
-        >>> from benchmark.gradients import flat_parameter_gradient
+        >>> from dglbench.case import Case, make_payload
+        >>> from dglbench.gradients import flat_parameter_gradient
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
         >>> g = flat_parameter_gradient(model, torch.randn(1, 1, 4, 4), torch.tensor([2]))
         >>> infer_labels(model, make_payload(Case(labels="inferred"), g, torch.tensor([2]))).tolist()

@@ -9,7 +9,7 @@ exactly as ``P`` separate runs.
 
 Example:
     >>> import torch
-    >>> from benchmark.attacks.objectives import GradientMatcher, cosine_distance
+    >>> from dglbench.attacks.objectives import GradientMatcher, cosine_distance
     >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     >>> matcher = GradientMatcher(model, torch.nn.functional.cross_entropy)
     >>> g = matcher(torch.randn(2, 1, 1, 2, 2), torch.tensor([[0], [2]]))
@@ -23,11 +23,10 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from dglbench.case import Case
+from dglbench.gradients import LossFn, flat_parameter_gradient, functional_gradient, functional_state
 from torch import Tensor, nn
 from torch.func import vmap
-
-from benchmark.case import Case
-from benchmark.gradients import LossFn, flat_parameter_gradient, functional_gradient, functional_state
 
 __all__ = ["GradientMatcher", "cosine_distance", "squared_distance", "total_variation"]
 
@@ -39,7 +38,7 @@ class GradientMatcher:
 
     With ``vectorize=True`` and ``P > 1`` the per-problem gradient is vectorized with
     ``torch.func.vmap`` over ``functional_call`` (one batched forward and double backward for all
-    problems); otherwise each problem's gradient is :func:`benchmark.gradients.flat_parameter_gradient`
+    problems); otherwise each problem's gradient is :func:`dglbench.gradients.flat_parameter_gradient`
     with ``create_graph=True``. A model that vmap cannot handle (e.g. BatchNorm updating its running
     statistics in train mode) falls back to the loop with a warning.
 

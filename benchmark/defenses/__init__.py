@@ -6,7 +6,7 @@ Registered names: ``none``, ``gaussian``, ``laplace``, ``dp_sgd``, ``pruning``, 
 (see ``benchmark/defenses/README.md``).
 
 Example:
-    >>> from benchmark.defenses import DEFENSES, create_defense
+    >>> from dglbench.defenses import DEFENSES, create_defense
     >>> create_defense("pruning", ratio=0.5).describe()
     {'name': 'pruning', 'params': {'ratio': 0.5}, 'privacy': None}
     >>> "dp_sgd" in DEFENSES.list()
@@ -22,7 +22,7 @@ import importlib.metadata
 import inspect
 from typing import Any, get_type_hints
 
-from benchmark.defenses.base import (
+from dglbench.defenses.base import (
     DEFENSES,
     DefendedGradient,
     Defense,
@@ -36,13 +36,13 @@ from benchmark.defenses.base import (
     register_defense,
     run_defense,
 )
-from benchmark.defenses.dp_sgd import DPSGD, clip_per_example, per_example_gradients
-from benchmark.defenses.eigen_noise import EigenNoise
-from benchmark.defenses.noise import GaussianNoise, LaplaceNoise
-from benchmark.defenses.quantization import Quantization
-from benchmark.defenses.soteria import Soteria
-from benchmark.defenses.sparsification import GradientPruning, TopK
-from benchmark.errors import ConfigError, UnknownNameError
+from dglbench.defenses.dp_sgd import DPSGD, clip_per_example, per_example_gradients
+from dglbench.defenses.eigen_noise import EigenNoise
+from dglbench.defenses.noise import GaussianNoise, LaplaceNoise
+from dglbench.defenses.quantization import Quantization
+from dglbench.defenses.soteria import Soteria
+from dglbench.defenses.sparsification import GradientPruning, TopK
+from dglbench.errors import ConfigError, UnknownNameError
 
 ENTRY_POINT_GROUP = "dglbench.defenses"
 

@@ -11,8 +11,8 @@ finite values). :func:`run_defense` also computes the clean gradient and returns
 
 Example:
     >>> import torch
-    >>> from benchmark.case import DefenseContext
-    >>> from benchmark.defenses import create_defense, run_defense
+    >>> from dglbench.case import DefenseContext
+    >>> from dglbench.defenses import create_defense, run_defense
     >>> model = torch.nn.Linear(4, 3)
     >>> context = DefenseContext(model, torch.randn(2, 4), torch.tensor([0, 2]))
     >>> out = run_defense(create_defense("gaussian", sigma=0.1), context)
@@ -28,12 +28,11 @@ from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, ClassVar, Literal, Protocol, Union, get_args, get_origin, get_type_hints, runtime_checkable
 
 import torch
+from dglbench.case import DefenseContext
+from dglbench.errors import ConfigError, DglbenchError, ShapeError
+from dglbench.gradients import parameter_gradients
+from dglbench.registry import Registry
 from torch import Tensor
-
-from benchmark.case import DefenseContext
-from benchmark.errors import ConfigError, DglbenchError, ShapeError
-from benchmark.gradients import parameter_gradients
-from benchmark.registry import Registry
 
 __all__ = [
     "DEFENSES",
@@ -300,7 +299,7 @@ def run_defense(defense: DefenseFn, context: DefenseContext) -> DefendedGradient
 
     Example:
         >>> import torch
-        >>> from benchmark.case import DefenseContext
+        >>> from dglbench.case import DefenseContext
         >>> model = torch.nn.Linear(3, 2)
         >>> out = run_defense(NoDefense(), DefenseContext(model, torch.randn(1, 3), torch.tensor([1])))
         >>> float(out.perturbation.abs().max())

@@ -14,7 +14,7 @@ The guarantee is computed by Opacus' RDP accountant for ``steps`` steps of the s
 mechanism with noise multiplier ``σ`` and Poisson sampling rate ``sample_rate``.
 
 Example:
-    >>> from benchmark.defenses import DPSGD
+    >>> from dglbench.defenses import DPSGD
     >>> DPSGD(clip=1.0, sigma=1.0, delta=1e-5, steps=100, sample_rate=0.01).privacy()["epsilon"] < 2
     True
 """
@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from dglbench.case import DefenseContext
+from dglbench.defenses.base import Defense, defense_name, register_defense
+from dglbench.defenses.noise import randn_like
+from dglbench.errors import ConfigError, DglbenchError
+from dglbench.gradients import functional_gradient, functional_state
 from torch import Tensor, nn
 from torch.func import vmap
-
-from benchmark.case import DefenseContext
-from benchmark.defenses.base import Defense, defense_name, register_defense
-from benchmark.defenses.noise import randn_like
-from benchmark.errors import ConfigError, DglbenchError
-from benchmark.gradients import functional_gradient, functional_state
 
 __all__ = ["DPSGD", "RDP_ORDERS", "per_example_gradients", "clip_per_example"]
 

@@ -5,7 +5,7 @@ unit parameter-space direction, and ``δ = c·u_i`` has exact I2F (ε = 0) ``c /
 high-eigenvalue directions protects little, along low-eigenvalue directions much.
 
 This defense computes the ``k`` largest eigenpairs of the victim's ``KᵀK`` with
-:func:`benchmark.influence.top_eigenpairs` (rank 0 is the largest) and adds
+:func:`dglbench.influence.top_eigenpairs` (rank 0 is the largest) and adds
 
     δ = c · Σ_{i∈S} z_i u_i,    z_i ~ N(0, 1) / √n   (``sampling="gaussian"``, from the generator), or
     δ = c · Σ_{i∈S} u_i / √n                         (``sampling="deterministic"``),
@@ -19,7 +19,7 @@ over a set ``S`` of ``n`` ranks, so that ``E‖δ‖² = c²`` (exactly ``c²`` 
 * ``"a:b"``: ranks ``a .. b−1`` (k defaults to b); an integer or ``"a"``: that single rank.
 
 Example:
-    >>> from benchmark.defenses import EigenNoise
+    >>> from dglbench.defenses import EigenNoise
     >>> EigenNoise(scale=0.1, ranks="bottom", n=2, k=8).selected_ranks()
     [6, 7]
 """
@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from dglbench.case import DefenseContext
+from dglbench.defenses.base import Defense, defense_name, register_defense
+from dglbench.defenses.noise import randn_like
+from dglbench.errors import ConfigError, ShapeError
+from dglbench.influence import top_eigenpairs
 from torch import Tensor
-
-from benchmark.case import DefenseContext
-from benchmark.defenses.base import Defense, defense_name, register_defense
-from benchmark.defenses.noise import randn_like
-from benchmark.errors import ConfigError, ShapeError
-from benchmark.influence import top_eigenpairs
 
 __all__ = ["EigenNoise"]
 

@@ -5,8 +5,8 @@ gradient's), so a seed fixes the output.
 
 Example:
     >>> import torch
-    >>> from benchmark.case import DefenseContext
-    >>> from benchmark.defenses import GaussianNoise
+    >>> from dglbench.case import DefenseContext
+    >>> from dglbench.defenses import GaussianNoise
     >>> context = DefenseContext(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.tensor([0]))
     >>> noisy = GaussianNoise(sigma=0.01)([torch.zeros(2, 2), torch.zeros(2)], context)
     >>> [t.shape for t in noisy]
@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from dglbench.case import DefenseContext
+from dglbench.defenses.base import Defense, register_defense
 from torch import Tensor
-
-from benchmark.case import DefenseContext
-from benchmark.defenses.base import Defense, register_defense
 
 __all__ = ["GaussianNoise", "LaplaceNoise", "randn_like", "rand_like"]
 

@@ -8,8 +8,8 @@ per-tensor scale (Bernstein et al. 2018); exact zeros stay zero, so a tensor has
 
 Example:
     >>> import torch
-    >>> from benchmark.case import DefenseContext
-    >>> from benchmark.defenses import Quantization
+    >>> from dglbench.case import DefenseContext
+    >>> from dglbench.defenses import Quantization
     >>> context = DefenseContext(torch.nn.Linear(2, 1), torch.zeros(1, 2), torch.tensor([0]))
     >>> Quantization(bits=1)([torch.tensor([[0.5, -1.5]]), torch.tensor([2.0])], context)
     [tensor([[ 1., -1.]]), tensor([2.])]
@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from dglbench.case import DefenseContext
+from dglbench.defenses.base import Defense, register_defense
+from dglbench.defenses.noise import rand_like
 from torch import Tensor
-
-from benchmark.case import DefenseContext
-from benchmark.defenses.base import Defense, register_defense
-from benchmark.defenses.noise import rand_like
 
 __all__ = ["Quantization"]
 

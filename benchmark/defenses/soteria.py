@@ -15,8 +15,8 @@ autograd on the victim's images, several features per backward pass (batched gra
 
 Example:
     >>> import torch
-    >>> from benchmark.case import DefenseContext
-    >>> from benchmark.defenses import Soteria, run_defense
+    >>> from dglbench.case import DefenseContext
+    >>> from dglbench.defenses import Soteria, run_defense
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Sigmoid(), torch.nn.Linear(6, 3))
     >>> out = run_defense(Soteria(ratio=0.5), DefenseContext(model, torch.randn(2, 4), torch.tensor([0, 1])))
     >>> int((out.defended[-21:-3].view(3, 6) == 0).all(0).sum())
@@ -29,11 +29,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from dglbench.case import DefenseContext
+from dglbench.defenses.base import Defense, register_defense
+from dglbench.errors import ConfigError
 from torch import Tensor, nn
-
-from benchmark.case import DefenseContext
-from benchmark.defenses.base import Defense, register_defense
-from benchmark.errors import ConfigError
 
 __all__ = ["Soteria", "last_linear_layer", "soteria_scores"]
 

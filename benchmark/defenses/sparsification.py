@@ -12,8 +12,8 @@ globally, ``ceil(ratio · n_l)`` entries are kept in a layer of ``n_l`` entries;
 
 Example:
     >>> import torch
-    >>> from benchmark.case import DefenseContext
-    >>> from benchmark.defenses import GradientPruning
+    >>> from dglbench.case import DefenseContext
+    >>> from dglbench.defenses import GradientPruning
     >>> context = DefenseContext(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.tensor([0]))
     >>> GradientPruning(ratio=0.5)([torch.tensor([[1., -4.], [3., 2.]]), torch.tensor([0.5, -6.])], context)
     [tensor([[ 0., -4.],
@@ -26,10 +26,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+from dglbench.case import DefenseContext
+from dglbench.defenses.base import Defense, register_defense
 from torch import Tensor
-
-from benchmark.case import DefenseContext
-from benchmark.defenses.base import Defense, register_defense
 
 __all__ = ["GradientPruning", "TopK"]
 

@@ -6,15 +6,15 @@ measured on one track (``leaderboards/v1/entries/<track>/<defense>-<hash>.json``
 per-victim records it was computed from. See ``leaderboards/SUBMITTING.md``.
 
 Example:
-    >>> from benchmark.leaderboard import load_track
+    >>> from dglbench.leaderboard import load_track
     >>> load_track("digits-convnet5").ref
     'digits-convnet5@1'
 """
 
-from benchmark.leaderboard.migrations import migrate
-from benchmark.leaderboard.schema import SCHEMA_VERSION, Entry, config_hash
-from benchmark.leaderboard.store import entry_files, load_entry
-from benchmark.leaderboard.track import Track, list_tracks, load_track
+from dglbench.leaderboard.migrations import migrate
+from dglbench.leaderboard.schema import SCHEMA_VERSION, Entry, config_hash
+from dglbench.leaderboard.store import entry_files, load_entry
+from dglbench.leaderboard.track import Track, list_tracks, load_track
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1,6 +1,6 @@
 """From per-victim records to an entry's summaries: the one computation ``submit`` and ``validate`` share.
 
-Records are the runner's per-victim dicts (:func:`benchmark.runner.run_trial`). Every victim of
+Records are the runner's per-victim dicts (:func:`dglbench.runner.run_trial`). Every victim of
 every trial counts: a victim whose record has ``status: "failed"`` adds to ``failures`` and its
 values are left out of the means, never silently dropped. The suite's first trial carries the I2F
 estimate; the other attacks are compared with it victim by victim.
@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from benchmark.errors import DglbenchError
-from benchmark.leaderboard.schema import AttackSummary, I2FAgreement, I2FSummary
-from benchmark.leaderboard.stats import Stat, round_sig, spearman, summarize
-from benchmark.leaderboard.track import Track
+from dglbench.errors import DglbenchError
+from dglbench.leaderboard.schema import AttackSummary, I2FAgreement, I2FSummary
+from dglbench.leaderboard.stats import Stat, round_sig, spearman, summarize
+from dglbench.leaderboard.track import Track
 
 __all__ = ["RecordError", "accuracy_drop", "by_trial", "gradient_cosine", "i2f_summary", "privacy_summaries"]
 

@@ -1,6 +1,6 @@
 """``dglbench leaderboard submit | validate | verify | render | tracks``.
 
-Registered by :mod:`benchmark.cli` as one command with its own subcommands. User errors (unknown
+Registered by :mod:`dglbench.cli` as one command with its own subcommands. User errors (unknown
 track or defense, bad parameter, invalid entry) are one line and exit status 2.
 
 Examples::
@@ -23,8 +23,8 @@ __all__ = ["register"]
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from benchmark.cli import parse_params
-    from benchmark.leaderboard.submit import submit
+    from dglbench.cli import parse_params
+    from dglbench.leaderboard.submit import submit
 
     start = time.perf_counter()
     result = submit(
@@ -50,8 +50,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard.store import entry_files
-    from benchmark.leaderboard.validate import validate_paths
+    from dglbench.leaderboard.store import entry_files
+    from dglbench.leaderboard.validate import validate_paths
 
     problems = validate_paths(args.paths, root=args.root)
     for p in problems:
@@ -65,13 +65,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard.verify import verify_entry
+    from dglbench.leaderboard.verify import verify_entry
 
     checks = verify_entry(
         args.entry, args.victims, devices=args.devices, accelerator=args.accelerator, utility=args.utility,
         root=args.root, work_dir=args.work_dir, data_root=args.data_root,
     )  # fmt: skip
-    from benchmark.leaderboard.submit import process_rank
+    from dglbench.leaderboard.submit import process_rank
 
     if process_rank() != 0:  # the other DDP ranks only helped re-run the victims
         return 0
@@ -85,7 +85,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard.render import render_all
+    from dglbench.leaderboard.render import render_all
 
     for path in render_all(args.root, args.repo_root):
         print(path)
@@ -93,7 +93,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _tracks(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard.track import list_tracks, load_track
+    from dglbench.leaderboard.track import list_tracks, load_track
 
     for ref in list_tracks(args.root):
         t = load_track(ref, args.root)

@@ -18,8 +18,8 @@ import io
 import re
 from collections.abc import Sequence
 
-from benchmark.leaderboard.ranking import Row
-from benchmark.leaderboard.render import (
+from dglbench.leaderboard.ranking import Row
+from dglbench.leaderboard.render import (
     ATTACK_LABELS,
     METRIC_LABELS,
     Board,
@@ -28,7 +28,7 @@ from benchmark.leaderboard.render import (
     row_cells,
     shown_params,
 )
-from benchmark.leaderboard.track import METRICS, Track
+from dglbench.leaderboard.track import METRICS, Track
 
 __all__ = ["html_page", "privacy_utility_svg"]
 
@@ -95,7 +95,7 @@ _SCRIPT = r"""
 
 
 def _keys(track: Track) -> list[tuple[str, str]]:
-    """(data-key, data-type) per column, aligned with :func:`~benchmark.leaderboard.render.columns`."""
+    """(data-key, data-type) per column, aligned with :func:`~dglbench.leaderboard.render.columns`."""
     keys = [("rank", "num"), ("defense", "text"), ("params", "text"), ("accuracy", "num"), ("drop", "num")]
     keys += [(f"attack-{a.name}", "num") for a in track.attacks]
     keys += [("tie", "num"), ("i2f-lower-bound", "num"), ("i2f-exact", "num"), ("cosine", "num"),

@@ -1,6 +1,6 @@
 """Schema migrations of leaderboard entries: every stored entry loads under the current schema.
 
-A schema change bumps :data:`~benchmark.leaderboard.schema.SCHEMA_VERSION` and registers a
+A schema change bumps :data:`~dglbench.leaderboard.schema.SCHEMA_VERSION` and registers a
 migration from the previous version here: a pure function on the entry's JSON dict that returns
 the next version's dict (and sets its ``schema_version``). :func:`migrate` applies them in order.
 Data is never dropped silently: a migration that cannot carry a value must raise.
@@ -24,8 +24,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from benchmark.errors import DglbenchError
-from benchmark.leaderboard.schema import SCHEMA_VERSION
+from dglbench.errors import DglbenchError
+from dglbench.leaderboard.schema import SCHEMA_VERSION
 
 __all__ = ["MIGRATIONS", "MigrationError", "migrate", "register_migration"]
 

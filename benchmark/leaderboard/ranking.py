@@ -1,6 +1,6 @@
 """Ranking: privacy at matched utility, and the privacy–utility Pareto frontier.
 
-The rule is the track's (:class:`~benchmark.leaderboard.track.RankingSpec`):
+The rule is the track's (:class:`~dglbench.leaderboard.track.RankingSpec`):
 
 1. An entry is *eligible* when its FedSGD test accuracy is at most ``max_accuracy_drop`` percentage
    points below the undefended accuracy, and its ranking attack has a value (not every victim failed).
@@ -22,8 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from benchmark.leaderboard.schema import Entry
-from benchmark.leaderboard.track import METRICS, Track
+from dglbench.leaderboard.schema import Entry
+from dglbench.leaderboard.track import METRICS, Track
 
 __all__ = ["Row", "leak", "rank_entries"]
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from benchmark.io import atomic_write_text, replace_between_markers
-from benchmark.leaderboard.ranking import Row, rank_entries
-from benchmark.leaderboard.schema import DefenseInfo, write_schemas
-from benchmark.leaderboard.store import entry_files, load_entry
-from benchmark.leaderboard.track import METRICS, Track, default_root, list_tracks, load_track
+from dglbench.io import atomic_write_text, replace_between_markers
+from dglbench.leaderboard.ranking import Row, rank_entries
+from dglbench.leaderboard.schema import DefenseInfo, write_schemas
+from dglbench.leaderboard.store import entry_files, load_entry
+from dglbench.leaderboard.track import METRICS, Track, default_root, list_tracks, load_track
 
 __all__ = ["Board", "boards", "csv_table", "fmt_stat", "latex_table", "markdown_table", "render_all"]
 
@@ -87,7 +87,7 @@ def _defaults(defense: DefenseInfo) -> dict:
         return {}
     import dataclasses
 
-    from benchmark.defenses import DEFENSES
+    from dglbench.defenses import DEFENSES
 
     cls = DEFENSES.get(defense.name) if defense.name in DEFENSES else None
     if cls is None or not dataclasses.is_dataclass(cls):
@@ -261,9 +261,9 @@ def _marker(track: Track) -> str:
 
 def render_all(root: str | Path | None = None, repo_root: str | Path | None = None) -> list[Path]:
     """Write every generated file; returns their paths."""
-    from benchmark import __version__
-    from benchmark.leaderboard.cite import bibtex, citation_cff
-    from benchmark.leaderboard.html import html_page
+    from dglbench import __version__
+    from dglbench.leaderboard.cite import bibtex, citation_cff
+    from dglbench.leaderboard.html import html_page
 
     root = Path(root or default_root())
     repo_root = Path(repo_root) if repo_root else root.parent

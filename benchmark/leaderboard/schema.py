@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmark.errors import ConfigError
-from benchmark.io import atomic_write_json
-from benchmark.leaderboard.stats import Stat
-from benchmark.leaderboard.typed import json_schema
+from dglbench.errors import ConfigError
+from dglbench.io import atomic_write_json
+from dglbench.leaderboard.stats import Stat
+from dglbench.leaderboard.typed import json_schema
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -228,7 +228,7 @@ class Entry:
         if self.schema_version != SCHEMA_VERSION:
             raise ConfigError(
                 f"schema_version {self.schema_version} is not {SCHEMA_VERSION}; migrate the entry first "
-                "(benchmark.leaderboard.migrations.migrate)"
+                "(dglbench.leaderboard.migrations.migrate)"
             )
         if not _ENTRY_ID.match(self.entry_id):
             raise ConfigError(f"entry_id {self.entry_id!r} must look like '<track>@<version>/<defense>-<12 hex>'")

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import DglbenchError
-from benchmark.leaderboard.schema import Entry, VictimsFile, entry_slug
-from benchmark.leaderboard.track import default_root
-from benchmark.leaderboard.typed import from_dict
+from dglbench.errors import DglbenchError
+from dglbench.leaderboard.schema import Entry, VictimsFile, entry_slug
+from dglbench.leaderboard.track import default_root
+from dglbench.leaderboard.typed import from_dict
 
 __all__ = ["EntryFileError", "entry_files", "entry_paths", "load_entry", "load_victims", "read_json", "victims_path"]
 
@@ -62,7 +62,7 @@ def read_json(path: str | Path) -> Any:
 
 def load_entry(path: str | Path) -> Entry:
     """Read an entry, migrate it to the current schema, and check it strictly against :class:`Entry`."""
-    from benchmark.leaderboard.migrations import migrate
+    from dglbench.leaderboard.migrations import migrate
 
     data = read_json(path)
     try:

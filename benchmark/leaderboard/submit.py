@@ -1,6 +1,6 @@
 """``dglbench leaderboard submit``: measure one defense configuration on a track and write its entry.
 
-Runs every attack of the track's suite on every victim (:func:`benchmark.runner.run_trial`), the
+Runs every attack of the track's suite on every victim (:func:`dglbench.runner.run_trial`), the
 FedSGD utility protocol with and without the defense, summarizes, and writes the victims file and
 then the entry file, each atomically. Interrupted runs resume: trial records are kept under
 ``runs/leaderboard/<track>/<defense>-<hash>/`` and finished trials are not re-run.
@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmark.io import atomic_write_json
-from benchmark.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
-from benchmark.leaderboard.schema import (
+from dglbench.io import atomic_write_json
+from dglbench.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
+from dglbench.leaderboard.schema import (
     SCHEMA_VERSION,
     DefenseInfo,
     Entry,
@@ -38,10 +38,10 @@ from benchmark.leaderboard.schema import (
     config_hash,
     entry_slug,
 )
-from benchmark.leaderboard.store import entry_paths
-from benchmark.leaderboard.track import Track, load_track
-from benchmark.leaderboard.typed import to_dict
-from benchmark.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
+from dglbench.leaderboard.store import entry_paths
+from dglbench.leaderboard.track import Track, load_track
+from dglbench.leaderboard.typed import to_dict
+from dglbench.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
 
 __all__ = ["Submission", "build_entry", "defense_info", "process_rank", "submit"]
 
@@ -57,7 +57,7 @@ class Submission:
 
 def _source(spec: str) -> tuple[str, str | None, str | None]:
     """(source kind, distribution, version) of a defense spec."""
-    from benchmark.defenses import DEFENSES, ENTRY_POINT_GROUP
+    from dglbench.defenses import DEFENSES, ENTRY_POINT_GROUP
 
     if spec in DEFENSES:
         return "builtin", None, None
@@ -78,7 +78,7 @@ def defense_info(
     spec: str, params: dict[str, Any], *, reference: str | None = None, description: str | None = None
 ) -> DefenseInfo:
     """Build the defense (checking its parameters) and describe it and where it comes from."""
-    from benchmark.defenses import create_defense, describe_defense
+    from dglbench.defenses import create_defense, describe_defense
 
     described = json.loads(json.dumps(describe_defense(create_defense(spec, **params)), default=str))
     source, package, version = _source(spec)
@@ -113,7 +113,7 @@ def build_entry(
     test_accuracy: float, undefended: float, test_images: int, hardware: Hardware, seconds: Seconds,
 ) -> Entry:  # fmt: skip
     """Summarize per-victim records into an entry (the computation ``validate`` repeats)."""
-    from benchmark import __version__
+    from dglbench import __version__
 
     num_victims = track.num_victims
     groups = by_trial(records, trial_ids, num_victims)
@@ -197,8 +197,7 @@ def submit(
         The :class:`Submission` on the main process; ``None`` on the other DDP ranks.
     """
     import torch
-
-    from benchmark.runner import run_trial
+    from dglbench.runner import run_trial
 
     start = time.perf_counter()
     track = track if isinstance(track, Track) else load_track(track, root)

@@ -27,9 +27,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from benchmark.errors import ConfigError, DataNotFoundError, DglbenchError
-from benchmark.io import load_yaml_mapping
-from benchmark.leaderboard.typed import from_dict, to_dict
+from dglbench.errors import ConfigError, DataNotFoundError, DglbenchError
+from dglbench.io import load_yaml_mapping
+from dglbench.leaderboard.typed import from_dict, to_dict
 
 __all__ = [
     "LOCATION_KEYS",
@@ -211,9 +211,8 @@ class Track:
                 f"track {self.id}: data.params.{located[0]} is a location, not protocol; pass --data-root"
             )
         import timm
-
-        import models  # noqa: F401  (registers the classic nets into timm)
-        from datamodules import DATAMODULES
+        from dglbench import models  # noqa: F401  (registers the classic nets into timm)
+        from dglbench.datamodules import DATAMODULES
 
         DATAMODULES.get(self.data.dataset)  # raises with the list of datasets
         if not timm.is_model(self.model.name):
@@ -241,13 +240,13 @@ class Track:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def trial_configs(self, defense: str, params: dict[str, Any], data_root: str | None = None) -> list[Any]:
-        """One :class:`~benchmark.trial.TrialConfig` per attack of the suite; the first also estimates I2F.
+        """One :class:`~dglbench.trial.TrialConfig` per attack of the suite; the first also estimates I2F.
 
         ``data_root`` is where the dataset's files are (``dataset_params.root``): a location, not part
         of the protocol (validation ignores it).
         """
-        from benchmark.attacks import ATTACKS
-        from benchmark.trial import TrialConfig
+        from dglbench.attacks import ATTACKS
+        from dglbench.trial import TrialConfig
 
         data_params = dict(self.data.params)
         if data_root is not None:

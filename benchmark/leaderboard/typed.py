@@ -20,7 +20,7 @@ Example:
     >>> from_dict(Point, {"x": "1", "label": None})
     Traceback (most recent call last):
     ...
-    benchmark.leaderboard.typed.SchemaError: x: expected a number, got str '1'
+    dglbench.leaderboard.typed.SchemaError: x: expected a number, got str '1'
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from benchmark.errors import DglbenchError
+from dglbench.errors import DglbenchError
 
 __all__ = ["SchemaError", "from_dict", "json_schema", "to_dict"]
 

@@ -8,7 +8,7 @@ Protocol (a track's ``utility`` block fixes ``rounds``, ``clients``, ``batch_siz
    ``perm = randperm(n_train, generator=Generator().manual_seed(seed))`` re-drawn each round from one
    generator; client ``c`` gets the slice ``perm[c·batch_size : (c+1)·batch_size]``.
 3. Each client computes the gradient of the case's loss on its batch; the defense is applied to it
-   with :func:`benchmark.defenses.apply_defense` and a :class:`~benchmark.case.DefenseContext` whose
+   with :func:`dglbench.defenses.apply_defense` and a :class:`~dglbench.case.DefenseContext` whose
    generator depends only on ``(seed, round, client)``.
 4. The server averages the defended gradients and takes one SGD step ``θ ← θ − lr · mean``.
 5. After the last round: top-1 accuracy (percent) on the whole test split.
@@ -18,7 +18,7 @@ With defense ``none`` this is the undefended accuracy; it is computed once per t
 On a CPU the result is deterministic.
 
 Example:
-    >>> from benchmark.leaderboard.track import load_track
+    >>> from dglbench.leaderboard.track import load_track
     >>> track = load_track("digits-convnet5")
     >>> r = fedsgd_accuracy(track, "none", {}, rounds=2)
     >>> 0.0 <= r.test_accuracy <= 100.0, r.rounds
@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from benchmark.errors import ConfigError
-from benchmark.io import atomic_write_json
-from benchmark.leaderboard.track import Track, default_root
+from dglbench.errors import ConfigError
+from dglbench.io import atomic_write_json
+from dglbench.leaderboard.track import Track, default_root
 
 __all__ = ["FedSGDOutcome", "fedsgd_accuracy", "undefended_accuracy", "utility_cache_path"]
 
@@ -97,10 +96,10 @@ def fedsgd_accuracy(
         rounds: override the track's number of rounds (tests only; entries always use the track's).
         data_root: where the dataset's files are (embedded datasets need none).
     """
-    from benchmark.case import DefenseContext
-    from benchmark.defenses import apply_defense, clean_gradients, create_defense
-    from benchmark.modules import build_victim_model
-    from datamodules import create_datamodule
+    from dglbench.case import DefenseContext
+    from dglbench.datamodules import create_datamodule
+    from dglbench.defenses import apply_defense, clean_gradients, create_defense
+    from dglbench.modules import build_victim_model
 
     start = time.perf_counter()
     device = torch.device(device)

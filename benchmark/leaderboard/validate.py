@@ -8,7 +8,7 @@ Checks, each reported as one line ``<file>: <problem>``:
   no two files share an entry id;
 * **track** — the track exists, and its content hash is the one the entry was measured under;
 * **configuration** — every record was produced by the configuration the track prescribes for this
-  defense (same trial ids, same resolved :class:`~benchmark.trial.TrialConfig`);
+  defense (same trial ids, same resolved :class:`~dglbench.trial.TrialConfig`);
 * **coverage** — every trial has a record for each of the track's victims exactly once;
 * **aggregates** — privacy, I2F and gradient-cosine summaries recomputed from the victims file match
   the stored ones (relative tolerance 1e-6), and derived fields (``accuracy_drop``, failure counts,
@@ -28,18 +28,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import DglbenchError
-from benchmark.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
-from benchmark.leaderboard.schema import (
+from dglbench.errors import DglbenchError
+from dglbench.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
+from dglbench.leaderboard.schema import (
     Entry,
     config_hash,
     entry_json_schema,
     entry_slug,
     victims_json_schema,
 )
-from benchmark.leaderboard.store import entry_files, load_entry, load_victims, read_json, victims_path
-from benchmark.leaderboard.track import LOCATION_KEYS, default_root, list_tracks, load_track
-from benchmark.leaderboard.typed import to_dict
+from dglbench.leaderboard.store import entry_files, load_entry, load_victims, read_json, victims_path
+from dglbench.leaderboard.track import LOCATION_KEYS, default_root, list_tracks, load_track
+from dglbench.leaderboard.typed import to_dict
 
 __all__ = ["diff", "validate_entry", "validate_paths"]
 
@@ -146,8 +146,8 @@ def _check(entry: Entry, path: Path, root: Path) -> list[str]:
         groups = by_trial(victims.records, trial_ids, track.num_victims)
     except DglbenchError as exc:
         return [*problems, f"{vpath.name}: {exc}"]
-    from benchmark import __version__
-    from benchmark.trial import TrialConfig
+    from dglbench import __version__
+    from dglbench.trial import TrialConfig
 
     for trial, config in zip(trial_ids, configs):
         expected = _protocol(config.to_dict())
@@ -211,7 +211,7 @@ def _schema_problems(root: Path) -> list[str]:
             path = folder / f"{name}.schema.json"
             if not path.exists() or read_json(path) != schema:
                 problems.append(
-                    f"{path}: out of date with benchmark.leaderboard.schema; regenerate it with "
+                    f"{path}: out of date with dglbench.leaderboard.schema; regenerate it with "
                     "`dglbench leaderboard render`"
                 )
     return problems

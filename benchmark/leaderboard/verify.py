@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import ConfigError
-from benchmark.leaderboard.store import load_entry, load_victims, victims_path
-from benchmark.leaderboard.track import Track, load_track
+from dglbench.errors import ConfigError
+from dglbench.leaderboard.store import load_entry, load_victims, victims_path
+from dglbench.leaderboard.track import Track, load_track
 
 __all__ = ["Check", "verify_entry"]
 
@@ -111,7 +111,7 @@ def verify_entry(
         work_dir: where the re-run's trial records go (a temporary folder by default).
         data_root: where the dataset's files are (not needed for embedded datasets).
     """
-    from benchmark.runner import run_trial
+    from dglbench.runner import run_trial
 
     entry = load_entry(path)
     track = load_track(entry.track, root)
@@ -150,7 +150,7 @@ def verify_entry(
                 ok = _close(value, new, kind, tol)
                 checks.append(Check(trial_id, rec["victim_id"], quantity, value, new, f"{kind} {tol:g}", ok))
     if utility:
-        from benchmark.leaderboard.utility import fedsgd_accuracy
+        from dglbench.leaderboard.utility import fedsgd_accuracy
 
         device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
         got = fedsgd_accuracy(

@@ -13,7 +13,7 @@ def run() -> str:
     """Run ``dglbench demo`` in a fresh folder (as a user would) and summarize it."""
     with tempfile.TemporaryDirectory(prefix="dglbench-demo-") as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "benchmark.cli", "demo", "--out", tmp], check=True,
+        subprocess.run([sys.executable, "-m", "dglbench.cli", "demo", "--out", tmp], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         wall = time.perf_counter() - start
         report = (Path(tmp) / "report" / "report.md").read_text()

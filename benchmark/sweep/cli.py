@@ -7,21 +7,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmark.runner import is_global_zero
+from dglbench.runner import is_global_zero
 
 DEMO_SPEC = "demo"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
     if args.sweep_command == "list":
-        from benchmark.io import load_yaml_mapping
-        from benchmark.sweep.spec import _CONFIG_DIR
+        from dglbench.io import load_yaml_mapping
+        from dglbench.sweep.spec import _CONFIG_DIR
 
         for path in sorted(_CONFIG_DIR.glob("*.yaml")):
             print(f"{path.stem:28s} {load_yaml_mapping(path, 'sweep spec').get('description', '')}")
         return
     if args.sweep_command == "run":
-        from benchmark.sweep.runner import run_sweep
+        from dglbench.sweep.runner import run_sweep
 
         res = run_sweep(args.spec, args.out, devices=args.devices, accelerator=args.accelerator,
                         progress=not args.quiet, max_trials=args.max_trials, num_nodes=args.num_nodes)  # fmt: skip
@@ -36,7 +36,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _report(folder: str | Path, bootstrap: int) -> dict[str, Any]:
-    from benchmark.sweep.report import write_report
+    from dglbench.sweep.report import write_report
 
     rep = write_report(folder, bootstrap=bootstrap)
     print(rep["markdown"])
@@ -47,7 +47,7 @@ def _report(folder: str | Path, bootstrap: int) -> dict[str, Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from benchmark.sweep.runner import run_sweep
+    from dglbench.sweep.runner import run_sweep
 
     start = time.perf_counter()
     if is_global_zero():  # a DDP launcher re-runs this command on the other ranks

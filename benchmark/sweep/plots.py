@@ -14,11 +14,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from benchmark.io import atomic_write_bytes  # noqa: E402
+from dglbench.io import atomic_write_bytes  # noqa: E402
 
 if TYPE_CHECKING:
-    from benchmark.sweep.report import Row
+    from dglbench.sweep.report import Row
 
 
 def _save(fig: Any, stem: Path) -> Path:

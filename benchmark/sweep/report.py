@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import DglbenchError
-from benchmark.io import atomic_write_text
-from benchmark.metrics import correlation
+from dglbench.errors import DglbenchError
+from dglbench.io import atomic_write_text
+from dglbench.metrics import correlation
 
 __all__ = ["Row", "load_rows", "correlation_table", "write_report", "strength_of"]
 
@@ -228,7 +228,7 @@ def write_report(sweep_dir: str | Path, *, bootstrap: int = 1000, plots: bool = 
         "latex": atomic_write_text(out / "correlations.tex", _latex(table, main)),
     }
     if plots:
-        from benchmark.sweep.plots import plot_ranking, plot_scatter, plot_strength
+        from dglbench.sweep.plots import plot_ranking, plot_scatter, plot_strength
 
         if has_attack and any(r.predictors.get("lower_bound") is not None for r in rows):
             paths["scatter"] = plot_scatter(rows, out / "i2f_vs_error")

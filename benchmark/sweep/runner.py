@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dglbench.io import atomic_write_json, atomic_write_text
+from dglbench.runner import is_global_zero, record_path, run_trial
+from dglbench.sweep.spec import SweepSpec, load_spec
 from tqdm.auto import tqdm
-
-from benchmark.io import atomic_write_json, atomic_write_text
-from benchmark.runner import is_global_zero, record_path, run_trial
-from benchmark.sweep.spec import SweepSpec, load_spec
 
 __all__ = ["SweepResult", "run_sweep"]
 

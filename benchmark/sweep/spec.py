@@ -13,9 +13,9 @@ The same YAML file runs locally (``dglbench sweep run SPEC``) and as a W&B sweep
       defense_params.sigma: {values: [0.001, 0.01, 0.1]}
       dataset_params: {value: {num_victims: 4, image_size: 16}}
 
-Keys are trial keys (:class:`~benchmark.trial.TrialConfig`), dotted for nested arguments. Every
+Keys are trial keys (:class:`~dglbench.trial.TrialConfig`), dotted for nested arguments. Every
 trial is built and its names are resolved before anything runs; an unknown key or a bad value is a
-:class:`~benchmark.errors.ConfigError` naming the key.
+:class:`~dglbench.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import ConfigError
-from benchmark.io import load_yaml_mapping
-from benchmark.trial import TrialConfig
+from dglbench.errors import ConfigError
+from dglbench.io import load_yaml_mapping
+from dglbench.trial import TrialConfig
 
 __all__ = ["SweepSpec", "load_spec", "resolve_spec_path", "validate_trial"]
 

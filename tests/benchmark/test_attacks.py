@@ -6,14 +6,13 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from dglbench.attacks import ATTACKS, DLG, IDLG, InvertingGradients, create_attack
+from dglbench.attacks.objectives import GradientMatcher, cosine_distance, squared_distance, total_variation
+from dglbench.case import Case, make_payload
+from dglbench.errors import ConfigError, UnknownNameError
+from dglbench.gradients import flat_parameter_gradient
 from sklearn.datasets import load_digits
 from torch import nn
-
-from benchmark.attacks import ATTACKS, DLG, IDLG, InvertingGradients, create_attack
-from benchmark.attacks.objectives import GradientMatcher, cosine_distance, squared_distance, total_variation
-from benchmark.case import Case, make_payload
-from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.gradients import flat_parameter_gradient
 
 BOX = (torch.tensor([-1.0]), torch.tensor([1.0]))  # [0, 1] pixels normalized with mean 0.5, std 0.5
 
@@ -31,8 +30,7 @@ def convnet5(side, seed=0):
     """DLG's LeNet (models' convnet5 when available) with DLG's uniform U(-0.5, 0.5) initialization."""
     try:
         import timm
-
-        import models  # noqa: F401
+        from dglbench import models  # noqa: F401
 
         model = timm.create_model("convnet5", num_classes=10, in_chans=1, img_size=side)
     except Exception:  # the model zoo is not there yet: the same architecture, locally
@@ -69,7 +67,7 @@ def payloads_for(model, images01, labels, case):
 
 
 def reference_loss(kind, logits, y):
-    """The victim's loss written out independently of benchmark.gradients.make_loss."""
+    """The victim's loss written out independently of dglbench.gradients.make_loss."""
     if kind == "ce-mean":
         return nn.CrossEntropyLoss()(logits, y)
     if kind == "ce-sum":

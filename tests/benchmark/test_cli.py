@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from benchmark.cli import main
+from dglbench.cli import main
 
 DGLBENCH = str(Path(sys.executable).parent / "dglbench")
 TINY = ["--dataset_params.num_victims=2", "--dataset_params.image_size=8", "--attack=null"]

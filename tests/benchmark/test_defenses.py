@@ -9,10 +9,8 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
-
-from benchmark.case import Case, DefenseContext
-from benchmark.defenses import (
+from dglbench.case import Case, DefenseContext
+from dglbench.defenses import (
     DEFENSES,
     DPSGD,
     EigenNoise,
@@ -29,9 +27,10 @@ from benchmark.defenses import (
     per_example_gradients,
     run_defense,
 )
-from benchmark.defenses.soteria import soteria_scores
-from benchmark.errors import ConfigError, DglbenchError, ShapeError, UnknownNameError
-from benchmark.influence import i2f, top_eigenpairs
+from dglbench.defenses.soteria import soteria_scores
+from dglbench.errors import ConfigError, DglbenchError, ShapeError, UnknownNameError
+from dglbench.influence import i2f, top_eigenpairs
+from torch import nn
 
 torch.set_num_threads(1)  # the test machines are small and shared: more threads only contend
 
@@ -359,7 +358,7 @@ def test_bad_parameter_names_types_and_ranges_are_one_line_config_errors():
 PLUGIN = """
 from dataclasses import dataclass
 
-from benchmark.defenses import Defense
+from dglbench.defenses import Defense
 
 
 @dataclass(frozen=True)
@@ -420,9 +419,9 @@ def test_entry_point_loading(plugin_module, monkeypatch):
 def test_readme_example_defense_runs(tmp_path, monkeypatch):
     from pathlib import Path
 
-    import benchmark.defenses
+    import dglbench.defenses
 
-    readme = (Path(benchmark.defenses.__file__).parent / "README.md").read_text()
+    readme = (Path(dglbench.defenses.__file__).parent / "README.md").read_text()
     section = readme.split("## Writing your own defense", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "dglbench_readme_example.py").write_text(code)

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from dglbench import I2F_lb, compute_exact_bound
+from dglbench.errors import NotTwiceDifferentiableError, ShapeError
+from dglbench.gradients import GradientOperator, flat_parameter_gradient, flatten_perturbation
+from dglbench.influence import estimate_i2f, i2f, i2f_lower_bound, top_eigenpairs
 from torch import nn
-
-from benchmark import I2F_lb, compute_exact_bound
-from benchmark.errors import NotTwiceDifferentiableError, ShapeError
-from benchmark.gradients import GradientOperator, flat_parameter_gradient, flatten_perturbation
-from benchmark.influence import estimate_i2f, i2f, i2f_lower_bound, top_eigenpairs
 
 RTOL = 1e-4
 

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from dglbench.attacks.labels import class_gradient, idlg_labels, infer_labels, llg_labels
+from dglbench.case import Case, make_payload
+from dglbench.errors import ConfigError
+from dglbench.gradients import flat_parameter_gradient, make_loss
 from torch import nn
-
-from benchmark.attacks.labels import class_gradient, idlg_labels, infer_labels, llg_labels
-from benchmark.case import Case, make_payload
-from benchmark.errors import ConfigError
-from benchmark.gradients import flat_parameter_gradient, make_loss
 
 
 def random_model(kind, seed, classes=7):

@@ -10,10 +10,9 @@ import socket
 import numpy as np
 import pytest
 import torch
+from dglbench.errors import ShapeError
+from dglbench.metrics import LpipsScorer, correlation, pair_reconstructions, reconstruction_metrics
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-from benchmark.errors import ShapeError
-from benchmark.metrics import LpipsScorer, correlation, pair_reconstructions, reconstruction_metrics
 
 torch.set_num_threads(1)  # the test machines are small and shared: more threads only contend
 

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.gradients import flat_parameter_gradient
-from benchmark.modules import LeakageModule, RecordWriter, build_victim_model
-from benchmark.runner import load_trial_records, make_trainer, record_path, run_trial
-from benchmark.trial import TrialConfig
-from datamodules import create_datamodule
+from dglbench.datamodules import create_datamodule
+from dglbench.errors import ConfigError, UnknownNameError
+from dglbench.gradients import flat_parameter_gradient
+from dglbench.modules import LeakageModule, RecordWriter, build_victim_model
+from dglbench.runner import load_trial_records, make_trainer, record_path, run_trial
+from dglbench.trial import TrialConfig
 
 VICTIMS = 4
 DATA = {"num_victims": VICTIMS, "image_size": 8}
@@ -270,7 +269,7 @@ def test_non_finite_i2f_fails_only_that_victim_and_the_record_is_still_written(m
     """An overflowing estimate (NaN) is a failed victim with a reason, never a crash of the record writer."""
     import dataclasses
 
-    import benchmark.modules as modules_mod
+    import dglbench.modules as modules_mod
 
     real = modules_mod.estimate_i2f
 

@@ -8,12 +8,11 @@ import random
 import statistics
 
 import pytest
-
-from benchmark.errors import DglbenchError
-from benchmark.io import atomic_write_json
-from benchmark.runner import run_trial
-from benchmark.sweep.report import correlation_table, load_rows, ranking, write_report
-from benchmark.trial import TrialConfig
+from dglbench.errors import DglbenchError
+from dglbench.io import atomic_write_json
+from dglbench.runner import run_trial
+from dglbench.sweep.report import correlation_table, load_rows, ranking, write_report
+from dglbench.trial import TrialConfig
 
 N_PER_TRIAL = 10
 SIGMAS = (0.001, 0.01, 0.1)

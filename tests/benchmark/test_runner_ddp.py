@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from benchmark.runner import run_trial
-from benchmark.trial import TrialConfig
+from dglbench.runner import run_trial
+from dglbench.trial import TrialConfig
 
 DGLBENCH = str(Path(sys.executable).parent / "dglbench")
 OVERRIDES = {
@@ -125,7 +124,7 @@ def test_two_nodes_through_torchrun_match_one_device(tmp_path):
                 "--master-port",
                 port,
                 "-m",
-                "benchmark.cli",
+                "dglbench.cli",
                 *args,
             ],
             cwd=tmp_path,

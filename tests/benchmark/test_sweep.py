@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from benchmark.errors import ConfigError, DglbenchError, UnknownNameError
-from benchmark.sweep import load_spec, run_sweep
-from benchmark.sweep.spec import _CONFIG_DIR, resolve_spec_path
+from dglbench.errors import ConfigError, DglbenchError, UnknownNameError
+from dglbench.sweep import load_spec, run_sweep
+from dglbench.sweep.spec import _CONFIG_DIR, resolve_spec_path
 
 DGLBENCH = str(Path(sys.executable).parent / "dglbench")
 SHIPPED = sorted(p.stem for p in _CONFIG_DIR.glob("*.yaml"))
@@ -177,7 +176,7 @@ class NanForVictim:
 def test_failures_are_kept_as_failures_and_not_retried(tmp_path, monkeypatch):
     (tmp_path / "dglbench_test_sweep_defense.py").write_text(textwrap.dedent(NAN_DEFENSE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    from datamodules import create_datamodule
+    from dglbench.datamodules import create_datamodule
 
     dm = create_datamodule("digits", num_victims=3, image_size=8, victims_per_step=3)
     dm.setup("predict")
@@ -214,7 +213,7 @@ def test_max_trials_and_corrupt_record(tmp_path):
     second = run_sweep(data, tmp_path, progress=False)
     assert (second.ran, second.skipped) == (1, 1)
     assert not stale.exists() and not any((tmp_path / "parts").iterdir())
-    from benchmark.sweep.report import load_rows
+    from dglbench.sweep.report import load_rows
 
     (next((tmp_path / "records").glob("*.json"))).write_text("{not json")
     with pytest.raises(DglbenchError, match="corrupt record file"):

@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from benchmark.errors import ConfigError, DglbenchError, UnknownNameError
-from benchmark.trial import TrialConfig
+from dglbench.errors import ConfigError, DglbenchError, UnknownNameError
+from dglbench.trial import TrialConfig
 
 EXAMPLE = {
     "dataset": "digits",

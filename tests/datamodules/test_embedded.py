@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from dglbench.datamodules import DigitsDataModule, FacesDataModule, NaturalDataModule, stratified_split
+from dglbench.datamodules.embedded import PHOTOGRAPHS
 from sklearn.datasets import load_digits
-
-from datamodules import DigitsDataModule, FacesDataModule, NaturalDataModule, stratified_split
-from datamodules.embedded import PHOTOGRAPHS
 
 EMBEDDED = [DigitsDataModule, FacesDataModule, NaturalDataModule]
 

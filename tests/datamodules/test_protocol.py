@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dglbench.datamodules import DATAMODULES, DigitsDataModule, create_datamodule, owned_by_rank, stratified_split
+from dglbench.errors import ConfigError, ShapeError, UnknownNameError
 from sklearn.datasets import load_digits
 from torch.utils.data import DistributedSampler
-
-from benchmark.errors import ConfigError, ShapeError, UnknownNameError
-from datamodules import DATAMODULES, DigitsDataModule, create_datamodule, owned_by_rank, stratified_split
 
 
 def victim_indices(dm: DigitsDataModule) -> torch.Tensor:

@@ -20,11 +20,7 @@ import scipy.io
 import torch
 import torchvision.datasets.cifar
 import torchvision.datasets.svhn
-from PIL import Image
-from torchvision.datasets.utils import check_integrity
-
-from benchmark.errors import ConfigError, DataNotFoundError
-from datamodules import (
+from dglbench.datamodules import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     FashionMNISTDataModule,
@@ -32,6 +28,9 @@ from datamodules import (
     MNISTDataModule,
     SVHNDataModule,
 )
+from dglbench.errors import ConfigError, DataNotFoundError
+from PIL import Image
+from torchvision.datasets.utils import check_integrity
 
 RNG = np.random.default_rng(0)
 

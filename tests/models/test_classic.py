@@ -7,11 +7,10 @@ import math
 import pytest
 import timm
 import torch
+from dglbench import models
+from dglbench.errors import ConfigError
+from dglbench.influence import i2f_lower_bound
 from torch import nn
-
-import models
-from benchmark.errors import ConfigError
-from benchmark.influence import i2f_lower_bound
 
 torch.set_num_threads(1)
 

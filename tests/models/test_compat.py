@@ -6,11 +6,8 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import activations, activations_me
-from torch import nn
-
-from benchmark.errors import ConfigError, NotTwiceDifferentiableError
-from models.compat import (
+from dglbench.errors import ConfigError, NotTwiceDifferentiableError
+from dglbench.models.compat import (
     Hardsigmoid,
     Hardswish,
     check_twice_differentiable,
@@ -19,6 +16,8 @@ from models.compat import (
     make_twice_differentiable,
     set_batchnorm_mode,
 )
+from timm.layers import activations, activations_me
+from torch import nn
 
 torch.set_num_threads(1)
 

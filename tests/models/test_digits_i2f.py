@@ -4,10 +4,9 @@ import math
 
 import timm
 import torch
-
-import models
-from benchmark.influence import i2f_lower_bound
-from datamodules import DigitsDataModule
+from dglbench import models
+from dglbench.datamodules import DigitsDataModule
+from dglbench.influence import i2f_lower_bound
 
 
 def lower_bound(seed: int) -> list[float]:

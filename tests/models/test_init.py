@@ -7,12 +7,11 @@ import math
 import pytest
 import timm
 import torch
+from dglbench import models  # noqa: F401  (registers the classic nets)
+from dglbench.errors import ConfigError, UnknownNameError
+from dglbench.models.init import INITIALIZATIONS, initialize
 from scipy import stats
 from torch import nn
-
-import models  # noqa: F401  (registers the classic nets)
-from benchmark.errors import ConfigError, UnknownNameError
-from models.init import INITIALIZATIONS, initialize
 
 torch.set_num_threads(1)
 

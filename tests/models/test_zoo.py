@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from models.zoo import ZOO, ZooEntry, ZooRow, capability_matrix, check_entry, format_table
+from dglbench.models.zoo import ZOO, ZooEntry, ZooRow, capability_matrix, check_entry, format_table
 
 torch.set_num_threads(1)
 

@@ -12,13 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from benchmark.io import atomic_write_json
-from benchmark.leaderboard.schema import Hardware, Seconds, VictimsFile
-from benchmark.leaderboard.store import entry_paths
-from benchmark.leaderboard.submit import build_entry, defense_info
-from benchmark.leaderboard.track import load_track
-from benchmark.leaderboard.typed import to_dict
+from dglbench.io import atomic_write_json
+from dglbench.leaderboard.schema import Hardware, Seconds, VictimsFile
+from dglbench.leaderboard.store import entry_paths
+from dglbench.leaderboard.submit import build_entry, defense_info
+from dglbench.leaderboard.track import load_track
+from dglbench.leaderboard.typed import to_dict
 
 REPO = Path(__file__).resolve().parents[3]
 TRACK_FILE = REPO / "leaderboards" / "v1" / "tracks" / "digits-convnet5.yaml"
@@ -75,7 +74,7 @@ def write_synthetic_entry(root: Path, defense: str = "gaussian", params: dict | 
                           accuracy: float = 80.0, undefended: float = 80.0, failed: set[int] = frozenset(),
                           seed: int = 0):  # fmt: skip
     """Build a SYNTHETIC entry with ``build_entry`` (the submit code path) and store it under ``root``."""
-    from benchmark import __version__
+    from dglbench import __version__
 
     track = load_track("digits-convnet5", root)
     info = defense_info(defense, dict(params or {}))

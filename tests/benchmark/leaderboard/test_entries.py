@@ -10,15 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from benchmark.defenses import DEFENSES
-from benchmark.leaderboard.migrations import migrate
-from benchmark.leaderboard.render import render_all
-from benchmark.leaderboard.schema import Entry
-from benchmark.leaderboard.store import entry_files, load_entry, read_json, victims_path
-from benchmark.leaderboard.track import default_root, list_tracks
-from benchmark.leaderboard.typed import from_dict
-from benchmark.leaderboard.validate import validate_paths
+from dglbench.defenses import DEFENSES
+from dglbench.leaderboard.migrations import migrate
+from dglbench.leaderboard.render import render_all
+from dglbench.leaderboard.schema import Entry
+from dglbench.leaderboard.store import entry_files, load_entry, read_json, victims_path
+from dglbench.leaderboard.track import default_root, list_tracks
+from dglbench.leaderboard.typed import from_dict
+from dglbench.leaderboard.validate import validate_paths
 
 ROOT = default_root()
 REPO = ROOT.parent

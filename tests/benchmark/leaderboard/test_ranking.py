@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 
-from benchmark.leaderboard.ranking import leak, rank_entries
-from benchmark.leaderboard.store import load_entry
-from benchmark.leaderboard.track import load_track
+from dglbench.leaderboard.ranking import leak, rank_entries
+from dglbench.leaderboard.store import load_entry
+from dglbench.leaderboard.track import load_track
 
 
 def _board(lb_root, synthetic_entry, specs):

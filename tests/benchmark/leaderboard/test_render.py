@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from benchmark.leaderboard.render import render_all
-from benchmark.leaderboard.store import entry_files, load_entry
+from dglbench.leaderboard.render import render_all
+from dglbench.leaderboard.store import entry_files, load_entry
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from benchmark.errors import ConfigError, DataNotFoundError
-from benchmark.leaderboard.migrations import MIGRATIONS, MigrationError, migrate
-from benchmark.leaderboard.schema import (
+from dglbench.errors import ConfigError, DataNotFoundError
+from dglbench.leaderboard.migrations import MIGRATIONS, MigrationError, migrate
+from dglbench.leaderboard.schema import (
     SCHEMA_VERSION,
     Entry,
     config_hash,
@@ -19,9 +18,9 @@ from benchmark.leaderboard.schema import (
     entry_slug,
     victims_json_schema,
 )
-from benchmark.leaderboard.stats import summarize
-from benchmark.leaderboard.track import load_track
-from benchmark.leaderboard.typed import SchemaError, from_dict, to_dict
+from dglbench.leaderboard.stats import summarize
+from dglbench.leaderboard.track import load_track
+from dglbench.leaderboard.typed import SchemaError, from_dict, to_dict
 
 REPO = Path(__file__).resolve().parents[3]
 

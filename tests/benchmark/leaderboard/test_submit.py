@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 import yaml
-
-from benchmark.cli import main
-from benchmark.errors import UnknownNameError
-from benchmark.leaderboard.store import entry_files, load_entry
-from benchmark.leaderboard.submit import submit
-from benchmark.leaderboard.validate import validate_paths
-from benchmark.leaderboard.verify import verify_entry
+from dglbench.cli import main
+from dglbench.errors import UnknownNameError
+from dglbench.leaderboard.store import entry_files, load_entry
+from dglbench.leaderboard.submit import submit
+from dglbench.leaderboard.validate import validate_paths
+from dglbench.leaderboard.verify import verify_entry
 
 
 @pytest.fixture

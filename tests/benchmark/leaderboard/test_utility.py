@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-
-from benchmark.leaderboard.track import load_track
-from benchmark.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
+from dglbench.leaderboard.track import load_track
+from dglbench.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
 
 
 def _small(track, **utility):
@@ -15,8 +14,8 @@ def _small(track, **utility):
 
 
 def test_fedsgd_matches_a_hand_written_sgd_loop():
-    from benchmark.modules import build_victim_model
-    from datamodules import create_datamodule
+    from dglbench.datamodules import create_datamodule
+    from dglbench.modules import build_victim_model
 
     track = _small(load_track("digits-convnet5"), rounds=3, clients=2, batch_size=8, lr=0.5)
     got = fedsgd_accuracy(track, "none", {})

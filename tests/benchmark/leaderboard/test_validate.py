@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 import yaml
-
-from benchmark.cli import main
-from benchmark.leaderboard.validate import validate_paths
+from dglbench.cli import main
+from dglbench.leaderboard.validate import validate_paths
 
 
 def _edit(path, fn):
