@@ -1,4 +1,4 @@
-"""One import namespace: the docstring examples of every ``dglbench`` module, and a wheel that holds ``dglbench`` alone."""
+"""One import namespace: every ``dglbench`` module's docstring examples; a wheel that holds ``dglbench`` alone."""
 
 from __future__ import annotations
 
