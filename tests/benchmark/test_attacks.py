@@ -114,7 +114,8 @@ def test_inverting_gradients_recovers_digits():
     model = convnet5(8)
     images01, labels = digits([0, 7, 13])
     payloads = payloads_for(model, images01, labels, Case(labels="inferred"))
-    attack = InvertingGradients(max_iterations=200)
+    # TV weight 0, as the I2F paper's scripts: the paper's CIFAR weight 1e-4 smooths sharp 8x8 digits (~25-32 dB)
+    attack = InvertingGradients(max_iterations=200, tv_weight=0.0)
     results = attack.run_many(model, payloads, (1, 8, 8), box=BOX, generator=torch.Generator().manual_seed(1))
     for r, x, y in zip(results, images01, labels):
         assert r.status == "ok" and r.label_source == "inferred" and r.labels.tolist() == [int(y)]
@@ -224,5 +225,5 @@ def test_registry_and_configuration_errors():
 def test_paper_defaults():
     ig, dlg = InvertingGradients(), DLG()
     assert (ig.max_iterations, ig.lr, ig.tv_weight, ig.restarts) == (24_000, 0.1, 1e-4, 1)
-    assert (ig.signed, ig.boxed, ig.lr_decay, ig.cosine_scope) == (True, True, True, "layer")
+    assert (ig.signed, ig.boxed, ig.lr_decay, ig.cosine_scope) == (True, True, True, "global")
     assert (dlg.max_iterations, dlg.lr, dlg.lbfgs_max_iter, dlg.line_search) == (300, 1.0, 20, "none")
