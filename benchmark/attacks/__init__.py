@@ -5,6 +5,10 @@
 ``idlg``                    :class:`IDLG` — Zhao et al. 2020: analytic labels, then DLG on images
 ``inverting_gradients``     :class:`InvertingGradients` — Geiping et al. 2020: signed Adam on
                             1 − cosine + TV, boxed, step decay, restarts
+``ig_masked`` ``ig_sign``   adaptive attacks (:mod:`dglbench.attacks.adaptive`): Inverting Gradients
+``ig_quantized``            with a distance that knows a defense's mechanism (sparsification, sign,
+``ig_clipped`` ``ig_l2``    quantization, DP-SGD clipping, Gaussian and Laplace noise); defenses
+``ig_l1``                   declare theirs (:func:`dglbench.defenses.adaptive_attacks_for`)
 ==========================  ======================================================================
 
 Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> AttackResult`` for
@@ -13,7 +17,7 @@ one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResul
 Example:
     >>> from dglbench.attacks import ATTACKS, create_attack
     >>> ATTACKS.list()
-    ['dlg', 'idlg', 'inverting_gradients']
+    ['dlg', 'idlg', 'ig_clipped', 'ig_l1', 'ig_l2', 'ig_masked', 'ig_quantized', 'ig_sign', 'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
     200
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dglbench.attacks.adaptive import AdaptiveInvertingGradients
 from dglbench.attacks.base import ATTACKS, Attack, AttackResult
 from dglbench.attacks.dlg import DLG, IDLG
 from dglbench.attacks.inverting_gradients import InvertingGradients
@@ -29,6 +34,7 @@ from dglbench.attacks.labels import infer_labels
 
 __all__ = [
     "ATTACKS",
+    "AdaptiveInvertingGradients",
     "DLG",
     "IDLG",
     "Attack",

@@ -40,6 +40,7 @@ __all__ = [
     "DefenseFn",
     "DefendedGradient",
     "NoDefense",
+    "adaptive_attacks_for",
     "apply_defense",
     "clean_gradients",
     "coerce_param",
@@ -159,6 +160,8 @@ class Defense:
     """
 
     name: ClassVar[str] = ""
+    #: registered attacks that know this family's mechanism (see :func:`adaptive_attacks_for`).
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -191,6 +194,14 @@ class Defense:
         """A formal privacy guarantee (e.g. DP ``epsilon``/``delta``), or ``None`` when there is none."""
         return None
 
+    def adaptive_attack_params(self, attack: str) -> dict[str, Any] | None:
+        """The parameters of adaptive attack ``attack`` (one of :attr:`adaptive_attacks`) for this instance.
+
+        Only the defense's public mechanism parameters (e.g. DP-SGD's clip norm), never a budget; ``None``
+        when the attack does not apply to this instance (e.g. the sign attack on 8-bit quantization).
+        """
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """``{"name", "params", "privacy"}`` — what a record stores about the defense."""
         return {"name": defense_name(self), "params": self.params, "privacy": self.privacy()}
@@ -200,6 +211,53 @@ def defense_name(defense: Any) -> str:
     """The registered name of a defense, else ``module:Class``."""
     cls = defense if isinstance(defense, type) or inspect.isroutine(defense) else type(defense)
     return getattr(cls, "name", "") or f"{cls.__module__}:{cls.__qualname__}"
+
+
+def adaptive_attacks_for(defense: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The adaptive attacks that apply to ``defense``, as ``(registered attack name, parameters)`` pairs.
+
+    Contract (for the attack suite): build each with ``create_attack(name, **{**budget, **params})``, where
+    ``budget`` holds the suite's own settings (``max_iterations``, ``restarts``, ...) and ``params`` — the
+    defense's public mechanism parameters the attack needs, never a budget — take precedence. Run them on
+    the same payloads as the other attacks and count them in the per-victim worst case. The list is empty
+    for a defense that declares nothing (``none``, a third-party defense without the attribute).
+
+    What is read: the class attribute ``adaptive_attacks`` (a tuple of attack names) and, when the defense
+    has it, the method ``adaptive_attack_params(name) -> dict | None`` (``None`` drops that attack for this
+    instance; without the method every declared attack gets ``{}``). Any defense object may declare them,
+    subclass of :class:`Defense` or not.
+
+    Raises:
+        ConfigError: a declared name is not a registered attack, or the declaration is not a tuple of names.
+
+    Example:
+        >>> from dglbench.defenses import create_defense
+        >>> adaptive_attacks_for(create_defense("dp_sgd", clip=0.5))
+        [('ig_clipped', {'clip': 0.5})]
+        >>> adaptive_attacks_for(create_defense("quantization", bits=1))
+        [('ig_sign', {})]
+        >>> adaptive_attacks_for(create_defense("none"))
+        []
+    """
+    from dglbench.attacks import ATTACKS
+
+    declared = getattr(type(defense), "adaptive_attacks", getattr(defense, "adaptive_attacks", ()))
+    if isinstance(declared, str) or not all(isinstance(n, str) for n in declared):
+        raise ConfigError(
+            f"defense {defense_name(defense)!r}: adaptive_attacks must be a tuple of attack names, got {declared!r}"
+        )
+    derive = getattr(defense, "adaptive_attack_params", None)
+    out = []
+    for attack in declared:
+        if attack not in ATTACKS:
+            raise ConfigError(
+                f"defense {defense_name(defense)!r} declares adaptive attack {attack!r}, which is not registered; "
+                f"available: {', '.join(ATTACKS.list())}"
+            )
+        params = derive(attack) if callable(derive) else {}
+        if params is not None:
+            out.append((attack, dict(params)))
+    return out
 
 
 def describe_defense(defense: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from dglbench.case import DefenseContext
@@ -82,6 +82,8 @@ class DPSGD(Defense):
         sample_rate: Poisson sampling rate ``q`` of a batch (1.0: the batch is the whole data set).
     """
 
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_clipped",)  # clips the candidate's gradient with `clip`
+
     clip: float = 1.0
     sigma: float = 1.0
     delta: float = 1e-5
@@ -114,6 +116,10 @@ class DPSGD(Defense):
             noisy = c.sum(0) + self.sigma * self.clip * randn_like(g, context.generator)
             out.append((noisy / batch if mean else noisy).to(g.dtype))
         return out
+
+    def adaptive_attack_params(self, attack: str) -> dict[str, Any] | None:
+        """``ig_clipped`` clips with this defense's ``clip``."""
+        return {"clip": self.clip} if attack == "ig_clipped" else {}
 
     def privacy(self) -> dict[str, Any] | None:
         """``(epsilon, delta)`` from Opacus' RDP accountant, or ``None`` without noise (no guarantee)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from dglbench.case import DefenseContext
@@ -53,6 +53,10 @@ class EigenNoise(Defense):
         k: number of eigenpairs to compute (default: the fewest the selection needs; required for ``"bottom"``).
         sampling: ``"gaussian"`` (random coefficients from the generator) or ``"deterministic"``.
     """
+
+    # No adaptive attack: the noise lies along eigenvectors of the victim's private KᵀK, which an attacker could
+    # only approximate at its own candidate (a Lanczos solve per step); the plain attacks are the suite here.
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ()
 
     scale: float = 0.01
     ranks: str | int = "top"

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from dglbench.case import DefenseContext
@@ -49,6 +50,8 @@ class GaussianNoise(Defense):
         sigma: standard deviation of the noise (≥ 0).
     """
 
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_l2",)  # the Gaussian MLE distance
+
     sigma: float = 0.01
 
     def check(self) -> None:
@@ -69,6 +72,8 @@ class LaplaceNoise(Defense):
     Args:
         scale: the Laplace scale ``b`` (≥ 0).
     """
+
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_l1",)  # the Laplace MLE distance
 
     scale: float = 0.01
 

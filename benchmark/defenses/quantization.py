@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from dglbench.case import DefenseContext
@@ -40,6 +40,8 @@ class Quantization(Defense):
         mode: ``"uniform"`` (``2^bits`` levels between the tensor's min and max) or ``"sign"``.
     """
 
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_sign", "ig_quantized")  # one applies, by mode
+
     bits: int = 8
     rounding: Literal["nearest", "stochastic"] = "nearest"
     mode: Literal["uniform", "sign"] = "uniform"
@@ -51,6 +53,15 @@ class Quantization(Defense):
     def levels(self) -> int:
         """The number of quantization levels per tensor (sign mode: two signs, plus exact zeros)."""
         return 2 if self.mode == "sign" or self.bits == 1 else 2**self.bits
+
+    def adaptive_attack_params(self, attack: str) -> dict[str, Any] | None:
+        """``ig_sign`` for sign compression, ``ig_quantized`` (with the levels and rounding) for uniform."""
+        sign = self.mode == "sign" or self.bits == 1
+        if attack == "ig_sign":
+            return {} if sign else None
+        if attack == "ig_quantized":
+            return None if sign else {"levels": self.levels, "rounding": self.rounding}
+        return {}
 
     def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
         if self.mode == "sign" or self.bits == 1:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from dglbench.case import DefenseContext
@@ -99,12 +100,18 @@ class Soteria(Defense):
         chunk: features differentiated per batched backward pass (memory vs. speed).
     """
 
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_masked",)  # masks the pruned columns of the last Linear
+
     ratio: float = 0.8
     chunk: int = 64
 
     def check(self) -> None:
         self.require(0.0 <= self.ratio <= 1.0, "ratio", "in [0, 1]")
         self.require(self.chunk >= 1, "chunk", ">= 1")
+
+    def adaptive_attack_params(self, attack: str) -> dict[str, Any] | None:
+        """``ig_masked`` masks only the zeros of the last Linear layer's weight gradient."""
+        return {"scope": "last_linear"} if attack == "ig_masked" else {}
 
     def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
         layer = last_linear_layer(context.model, context.images)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from dglbench.case import DefenseContext
@@ -41,6 +42,8 @@ class GradientPruning(Defense):
     Args:
         ratio: fraction of all gradient entries to zero, in ``[0, 1]`` (``floor(ratio · d_θ)`` entries).
     """
+
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_masked",)  # matches the transmitted coordinates only
 
     ratio: float = 0.9
 
@@ -71,6 +74,8 @@ class TopK(Defense):
     Args:
         ratio: fraction of each layer's entries to keep, in ``[0, 1]`` (``ceil(ratio · n_l)`` entries).
     """
+
+    adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_masked",)  # matches the transmitted coordinates only
 
     ratio: float = 0.1
 
