@@ -1,17 +1,27 @@
-"""Deep Leakage from Gradients (Zhu, Liu and Han, NeurIPS 2019) and iDLG (Zhao, Mopuri and Bilen, 2020).
+"""Deep Leakage from Gradients (Zhu, Liu and Han, NeurIPS 2019) and iDLG (Zhao, Mopuri and Bilen, arXiv 2001.02610).
 
 DLG: ``x̂, ŷ = argmin_{x', y'} ‖g(x', softmax(y')) − g̃‖²`` by L-BFGS from Gaussian images and label
 logits; when the payload carries the labels only the images are optimized. iDLG: the labels are
 inferred analytically from the last layer's gradient first (:mod:`dglbench.attacks.labels`), then
 DLG's optimization runs on the images alone.
 
-Defaults follow the DLG code (``mit-han-lab/dlg``, ``main.py``): ``torch.optim.LBFGS`` with lr 1 and
-its own defaults (20 inner iterations and history 100 per step, no line search), 300 steps, no
-box, ``randn`` start; iDLG's code uses the same optimizer and budget. ``iterations`` in the result
-counts L-BFGS steps (each up to ``lbfgs_max_iter`` gradient evaluations); a restart stops early when
-a step makes no progress (L-BFGS returns after one evaluation: converged or stalled). On CPU,
-``line_search="strong_wolfe"`` with 20 steps rebuilds 8x8 digits reliably where the paper's
-``"none"`` sometimes stalls.
+Every default is the published code's:
+
+- DLG (``mit-han-lab/dlg``, ``main.py``): ``torch.optim.LBFGS([dummy_data, dummy_label])`` with torch's
+  defaults — lr 1, 20 inner iterations and history 100 per step, no line search (``lr``, ``lbfgs_max_iter``,
+  ``history_size``, ``line_search="none"``); ``for iters in range(300)`` (``max_iterations=300``); images and
+  label logits from ``torch.randn``; the distance ``Σ_l ((g_l − g̃_l) ** 2).sum()``, the squared L2 norm of
+  the whole gradient; soft labels ``softmax(dummy_label)`` in a one-hot cross-entropy; no box (``boxed=False``);
+  one start (``restarts=1``).
+- iDLG (``PatrickZH/Improved-Deep-Leakage-from-Gradients``, ``iDLG.py``): ``lr = 1.0``, ``Iteration = 300``,
+  ``torch.optim.LBFGS([dummy_data], lr=lr)`` on the images only, the label ``argmin`` of the last layer's
+  weight-gradient row sums, the same squared L2 distance and ``randn`` start. The reference stops once the
+  distance is below 1e-6 (checked every 10 steps); here a restart stops when a step makes no progress.
+
+``iterations`` in the result counts L-BFGS steps (each up to ``lbfgs_max_iter`` gradient evaluations); a
+restart stops early when a step makes no progress (L-BFGS returns after one evaluation: converged or
+stalled). On CPU, ``line_search="strong_wolfe"`` with 20 steps rebuilds 8x8 digits reliably where the
+paper's ``"none"`` sometimes stalls.
 
 L-BFGS couples all variables through its line search and curvature history, so victims are solved
 one after another (``run_many`` is a loop); only element-wise optimizers batch exactly.
@@ -51,13 +61,15 @@ __all__ = ["DLG", "IDLG"]
 class DLG(Attack):
     """Deep Leakage from Gradients: L-BFGS on the squared L2 gradient distance, labels optimized jointly.
 
+    Zhu, Liu and Han, "Deep Leakage from Gradients", NeurIPS 2019; defaults from ``mit-han-lab/dlg``, ``main.py``.
+
     Args:
-        max_iterations: L-BFGS steps (``optimizer.step`` calls) per restart (300, DLG's code).
-        lr: L-BFGS step size (1.0).
+        max_iterations: L-BFGS steps (``optimizer.step`` calls) per restart (300, ``range(300)`` in ``main.py``).
+        lr: L-BFGS step size (1.0, torch's default, used by ``main.py``).
         lbfgs_max_iter: inner iterations per step (20, torch's default used by DLG).
         history_size: L-BFGS curvature pairs kept (100, torch's default).
-        line_search: ``"none"`` (DLG) or ``"strong_wolfe"``.
-        restarts: independent random starts; the lowest final objective wins (1).
+        line_search: ``"none"`` (torch's default, used by DLG) or ``"strong_wolfe"``.
+        restarts: independent random starts; the lowest final distance wins (1: ``main.py`` runs one start).
         boxed: clamp images to the valid pixel range after each step when a box is given (False: DLG has none).
 
     Example:
@@ -152,6 +164,10 @@ class DLG(Attack):
 @dataclass(frozen=True)
 class IDLG(DLG):
     """iDLG: labels inferred from the last layer's gradient, then DLG's L-BFGS on the images only.
+
+    Zhao, Mopuri and Bilen, "iDLG: Improved Deep Leakage from Gradients", arXiv 2001.02610 (2020); defaults
+    from ``PatrickZH/Improved-Deep-Leakage-from-Gradients``, ``iDLG.py`` (lr 1.0, 300 steps, L-BFGS), the same
+    as :class:`DLG`'s.
 
     Args:
         label_strategy: "auto" (iDLG's analytic rule for one image, LLG for a batch), "idlg" or "llg".
