@@ -9,6 +9,7 @@ Examples::
     dglbench leaderboard submit --track digits-convnet5 --defense gaussian --param sigma=0.001
     dglbench leaderboard validate                      # every stored entry (CI runs this via the tests)
     dglbench leaderboard verify leaderboards/v1/entries/digits-convnet5/gaussian-<hash>.json --victims 2
+    dglbench leaderboard verify ENTRY --seed 1234             # repeat a draw; --all re-runs every victim
     dglbench leaderboard render
 """
 
@@ -18,14 +19,24 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = ["register"]
+
+
+def existing_root(root: str | None) -> Path:
+    """The leaderboard folder ``--root`` names (default ``leaderboards/``); one error line when it is missing."""
+    from dglbench.leaderboard.track import existing_root as check
+
+    return check(root)
 
 
 def _submit(args: argparse.Namespace) -> int:
     from dglbench.cli import parse_params
     from dglbench.leaderboard.submit import submit
 
+    if not str(args.track).endswith((".yaml", ".yml")):  # the track is read from the leaderboard folder
+        existing_root(args.root)
     start = time.perf_counter()
     result = submit(
         args.track, args.defense, parse_params(args.param), devices=args.devices, accelerator=args.accelerator,
@@ -51,43 +62,70 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from dglbench.leaderboard.store import entry_files
-    from dglbench.leaderboard.validate import validate_paths
+    from dglbench.leaderboard.validate import untrusted_notes, validate_paths
 
-    problems = validate_paths(args.paths, root=args.root)
+    root = existing_root(args.root)
+    problems = validate_paths(args.paths, root=root)
+    for note in untrusted_notes(args.paths, root=root):
+        print(note, file=sys.stderr)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
         print(f"dglbench: error: {len(problems)} problem(s)", file=sys.stderr)
         return 2
-    count = len(args.paths) if args.paths else len(entry_files(args.root))
+    count = len(args.paths) if args.paths else len(entry_files(root))
     print(f"ok: {count} entr{'y' if count == 1 else 'ies'} valid")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from dglbench.leaderboard.verify import verify_entry
-
-    checks = verify_entry(
-        args.entry, args.victims, devices=args.devices, accelerator=args.accelerator, utility=args.utility,
-        root=args.root, work_dir=args.work_dir, data_root=args.data_root,
-    )  # fmt: skip
     from dglbench.leaderboard.submit import process_rank
+    from dglbench.leaderboard.verify import InvalidEntryError, catch_probability, verify_entry
 
+    root = existing_root(args.root)
+    if args.trust_code:  # name the third-party code before anything imports it
+        from dglbench.leaderboard.store import load_entry
+        from dglbench.leaderboard.trust import code_source
+
+        source = code_source(load_entry(args.entry).defense)
+        if not source.trusted:
+            print(f"--trust-code: re-running imports {source.describe()}", flush=True)
+    try:
+        result = verify_entry(
+            args.entry, args.victims, seed=args.seed, all_victims=args.all, trust_code=args.trust_code,
+            devices=args.devices, accelerator=args.accelerator, utility=args.utility, root=root,
+            work_dir=args.work_dir, data_root=args.data_root,
+        )  # fmt: skip
+    except InvalidEntryError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"dglbench: error: {len(exc.problems)} problem(s) found by validate; not re-run", file=sys.stderr)
+        return 2
     if process_rank() != 0:  # the other DDP ranks only helped re-run the victims
         return 0
-    bad = [c for c in checks if not c.ok]
-    for c in bad if not args.all else checks:
+    n, m = result.num_victims, len(result.victims)
+    if result.seed is None:
+        print(f"victims: all {n}")
+    else:
+        print(f"victims: {', '.join(map(str, result.victims))} of 0..{n - 1} (seed {result.seed}; repeat with "
+              f"--seed {result.seed})")  # fmt: skip
+        ks = sorted({1, 2, max(1, n // 4), max(1, n // 2)} & set(range(1, n + 1)))
+        shown = ", ".join(f"k={k}: {catch_probability(n, k, m):.3f}" for k in ks)
+        print(f"a draw of {m} of {n} victims catches an entry with k edited victims with probability "
+              f"1 - C(n-k, m)/C(n, m): {shown}")  # fmt: skip
+    bad = [c for c in result.checks if not c.ok]
+    for c in result.checks if args.show_all else bad:
         where = f"victim {c.victim}" if c.victim is not None else c.trial
         print(f"{'ok  ' if c.ok else 'FAIL'} {c.trial} {where} {c.quantity}: stored {c.stored!r}, re-run {c.rerun!r} "
               f"({c.tolerance})")  # fmt: skip
-    print(f"{len(checks) - len(bad)}/{len(checks)} numbers reproduced within the track's tolerances")
+    print(f"{len(result.checks) - len(bad)}/{len(result.checks)} numbers reproduced within the track's tolerances")
     return 1 if bad else 0
 
 
 def _render(args: argparse.Namespace) -> int:
     from dglbench.leaderboard.render import render_all
 
-    for path in render_all(args.root, args.repo_root):
+    for path in render_all(existing_root(args.root), args.repo_root):
         print(path)
     return 0
 
@@ -95,8 +133,9 @@ def _render(args: argparse.Namespace) -> int:
 def _tracks(args: argparse.Namespace) -> int:
     from dglbench.leaderboard.track import list_tracks, load_track
 
-    for ref in list_tracks(args.root):
-        t = load_track(ref, args.root)
+    root = existing_root(args.root)
+    for ref in list_tracks(root):
+        t = load_track(ref, root)
         print(f"{ref:28s} {t.scale:3s}  {t.title}")
     return 0
 
@@ -137,11 +176,24 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("validate", _validate, "check entries: schema, consistency, recomputed aggregates (exit 2 on problems)")
     p.add_argument("paths", nargs="*", help="entry files or folders (default: every stored entry and track)")
 
-    p = command("verify", _verify, "re-run K victims of an entry and compare within the track's tolerances")
+    p = command(
+        "verify",
+        _verify,
+        "validate an entry, then re-run m of its n victims drawn at random and compare within the track's "
+        "tolerances. An entry with k edited victims is caught with probability 1 - C(n-k, m)/C(n, m) "
+        "(digits-convnet5@1, n=8, m=2: 0.25 for k=1, 0.46 for k=2, 0.96 for k=6); --all re-runs every victim.",
+    )
     p.add_argument("entry", help="the entry JSON file")
-    p.add_argument("--victims", type=int, default=2, help="victims to re-run (default 2)")
+    p.add_argument("--victims", type=int, default=2, metavar="M", help="victims drawn at random, m (default 2)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the draw (default: fresh from the OS, printed)")
+    p.add_argument("--all", action="store_true", help="re-run every victim instead of a random sample")
+    p.add_argument(
+        "--trust-code", action="store_true",
+        help="allow importing the defense's third-party code (an installed entry point or module path); "
+        "without it, verify stops and names the package it would import",
+    )  # fmt: skip
     p.add_argument("--utility", action="store_true", help="also re-run the FedSGD utility protocol")
-    p.add_argument("--all", action="store_true", help="print every compared number, not only failures")
+    p.add_argument("--show-all", action="store_true", help="print every compared number, not only failures")
     hardware(p)
     p.set_defaults(work_dir=None)
 

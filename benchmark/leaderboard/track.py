@@ -42,6 +42,7 @@ __all__ = [
     "Tolerances",
     "Track",
     "default_root",
+    "existing_root",
     "list_tracks",
     "load_track",
     "track_path",
@@ -276,6 +277,21 @@ class Track:
             return from_dict(cls, data)
         except DglbenchError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+
+
+def existing_root(root: str | Path | None = None) -> Path:
+    """``root`` (default :func:`default_root`) when it is a folder.
+
+    Raises:
+        DataNotFoundError: it does not exist or is not a folder (one line naming it and the fix).
+    """
+    path = Path(root or default_root())
+    if not path.is_dir():
+        raise DataNotFoundError(
+            f"leaderboard folder {path} does not exist; give --root a folder holding v<N>/tracks/ "
+            "(default: leaderboards/ of the source tree)"
+        )
+    return path
 
 
 def track_path(track_id: str, version: int, root: str | Path | None = None) -> Path:

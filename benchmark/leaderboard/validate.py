@@ -5,7 +5,10 @@ Checks, each reported as one line ``<file>: <problem>``:
 * **schema** — the entry and its victims file parse under schema v1 (after migration): no unknown
   or missing keys, every value of its declared type (numbers are numbers, not strings);
 * **identity** — ``entry_id``, file name, ``config_hash`` and the defense's name and parameters agree;
-  no two files share an entry id;
+  no two files share an entry id; a built-in defense is named by its registered name;
+* **code** — nothing the entry names is imported. A defense that is not built in (an installed entry
+  point, or a ``package.module:Class`` path) is reported as a *note* (untrusted code that ``verify``
+  runs only with ``--trust-code``), not as a problem;
 * **track** — the track exists, and its content hash is the one the entry was measured under;
 * **configuration** — every record was produced by the configuration the track prescribes for this
   defense (same trial ids, same resolved :class:`~dglbench.trial.TrialConfig`);
@@ -31,6 +34,7 @@ from typing import Any
 from dglbench.errors import DglbenchError
 from dglbench.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
 from dglbench.leaderboard.schema import (
+    DefenseInfo,
     Entry,
     config_hash,
     entry_json_schema,
@@ -38,10 +42,11 @@ from dglbench.leaderboard.schema import (
     victims_json_schema,
 )
 from dglbench.leaderboard.store import entry_files, load_entry, load_victims, read_json, victims_path
-from dglbench.leaderboard.track import LOCATION_KEYS, default_root, list_tracks, load_track
+from dglbench.leaderboard.track import LOCATION_KEYS, Track, default_root, list_tracks, load_track
+from dglbench.leaderboard.trust import code_source
 from dglbench.leaderboard.typed import to_dict
 
-__all__ = ["diff", "validate_entry", "validate_paths"]
+__all__ = ["diff", "untrusted_notes", "validate_entry", "validate_paths"]
 
 REL_TOL = 1e-6
 
@@ -85,8 +90,9 @@ def _protocol(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "dataset_params": params}
 
 
-def _check(entry: Entry, path: Path, root: Path) -> list[str]:
-    problems: list[str] = []
+def _identity_problems(entry: Entry, path: Path, root: Path) -> list[str]:
+    """Entry id, config hash, provenance track and file location agree with the defense and parameters."""
+    problems = []
     d = entry.defense
     digest = config_hash(entry.track, d.name, d.params)
     expected_id = f"{entry.track}/{entry_slug(d.name)}-{digest}"
@@ -100,10 +106,30 @@ def _check(entry: Entry, path: Path, root: Path) -> list[str]:
     expected_path = root / f"v{version}" / "entries" / track_id / f"{entry.entry_id.split('/', 1)[1]}.json"
     if path.resolve() != expected_path.resolve():
         problems.append(f"an entry with id {entry.entry_id!r} belongs in {expected_path}")
-    try:
-        track = load_track(entry.track, root)
-    except DglbenchError as exc:
-        return [*problems, f"track: {exc}"]
+    return problems
+
+
+def _defense_problems(defense: DefenseInfo) -> list[str]:
+    """A built-in defense is named by its registered name and says so; no other defense borrows a built-in name.
+
+    Where third-party code comes from is a note (:func:`untrusted_notes`), not a problem.
+    """
+    from dglbench.defenses import DEFENSES
+
+    source = code_source(defense)
+    if source.kind == "builtin":
+        problems = [f"defense: {source.problem}"] if source.problem else []
+        if defense.name != defense.spec:
+            problems.append(f"defense.name {defense.name!r} is not its built-in spec {defense.spec!r}")
+        return problems
+    if defense.name in DEFENSES:
+        return [f"defense.name {defense.name!r} is a built-in name, but its spec {defense.spec!r} is not built in"]
+    return []
+
+
+def _track_problems(entry: Entry, track: Track) -> list[str]:
+    """The track is the one measured under; seeds and the utility protocol are the track's."""
+    problems = []
     if entry.provenance.track_hash != track.content_hash:
         problems.append(
             f"track {track.ref} changed since the entry was measured (hash {entry.provenance.track_hash}, now "
@@ -113,6 +139,12 @@ def _check(entry: Entry, path: Path, root: Path) -> list[str]:
     expected_seeds = (int(track.data.params.get("seed", 0)), track.model.init_seed, track.seed, track.utility.seed)
     if (seeds.victims, seeds.init, seeds.trial, seeds.utility) != expected_seeds:
         problems.append(f"provenance.seeds {to_dict(seeds)} do not match the track's {expected_seeds}")
+    return problems
+
+
+def _utility_problems(entry: Entry, track: Track) -> list[str]:
+    """FedSGD settings are the track's; the drop follows from the accuracies; accuracies are percentages."""
+    problems = []
     fed, u = entry.utility.fedsgd, track.utility
     if (fed.rounds, fed.clients, fed.batch_size, fed.lr, fed.seed) != (u.rounds, u.clients, u.batch_size, u.lr, u.seed):
         problems.append("utility.fedsgd settings do not match the track's utility protocol")
@@ -123,59 +155,49 @@ def _check(entry: Entry, path: Path, root: Path) -> list[str]:
     for name in ("test_accuracy", "undefended_test_accuracy"):
         if not 0.0 <= getattr(fed, name) <= 100.0:
             problems.append(f"utility.fedsgd.{name} must be a percentage in [0, 100]")
+    return problems
 
-    # --- configuration and records
-    try:
-        configs = track.trial_configs(d.spec, d.params)
-    except DglbenchError as exc:
-        return [*problems, f"cannot rebuild the trial configurations: {exc}"]
-    trial_ids = entry.provenance.trial_ids
-    if len(trial_ids) != len(configs):
-        problems.append(f"provenance.trial_ids lists {len(trial_ids)} trials; the track's suite has {len(configs)}")
-        return problems
-    vpath = victims_path(path)
-    if not vpath.exists():
-        return [*problems, f"victims file {vpath.name} is missing; the aggregates cannot be recomputed"]
-    try:
-        victims = load_victims(vpath)
-    except DglbenchError as exc:
-        return [*problems, str(exc)]
-    if victims.entry_id != entry.entry_id:
-        problems.append(f"{vpath.name}: entry_id {victims.entry_id!r} is not {entry.entry_id!r}")
-    try:
-        groups = by_trial(victims.records, trial_ids, track.num_victims)
-    except DglbenchError as exc:
-        return [*problems, f"{vpath.name}: {exc}"]
+
+def _record_problem(rec: dict[str, Any], trial: str, expected: dict[str, Any], entry: Entry) -> str | None:
+    """Why one record was not produced by the track's configuration for this defense (``None``: it was)."""
     from dglbench import __version__
     from dglbench.trial import TrialConfig
 
-    for trial, config in zip(trial_ids, configs):
+    try:
+        record_config = TrialConfig.from_dict(rec.get("config") or {})
+    except DglbenchError as exc:
+        return f"victim {rec['victim_id']} of trial {trial}: bad config: {exc}"
+    if entry.provenance.dglbench == __version__ and record_config.trial_id != trial:
+        return f"trial id {trial} is not the id of its records' configuration"
+    got = _protocol(record_config.to_dict())
+    if got != expected:
+        first = diff(got, expected) or "config"
+        return f"trial {trial} did not run the track's configuration for this defense ({first})"
+    rd, d = rec.get("defense"), entry.defense
+    if isinstance(rd, dict) and (rd.get("params") != d.params or rd.get("privacy") != d.formal_privacy):
+        return (
+            f"victim {rec['victim_id']}: the defense's parameters or formal privacy differ from the entry's "
+            "defense block"
+        )
+    return None
+
+
+def _configuration_problems(entry: Entry, configs: list[Any], groups: dict[str, list[dict]], name: str) -> list[str]:
+    """Every record ran the configuration the track prescribes for this defense (first problem per trial)."""
+    problems = []
+    for trial, config in zip(entry.provenance.trial_ids, configs):
         expected = _protocol(config.to_dict())
         for rec in groups[trial]:
-            try:
-                record_config = TrialConfig.from_dict(rec.get("config") or {})
-            except DglbenchError as exc:
-                problems.append(f"{vpath.name}: victim {rec['victim_id']} of trial {trial}: bad config: {exc}")
+            problem = _record_problem(rec, trial, expected, entry)
+            if problem:
+                problems.append(f"{name}: {problem}")
                 break
-            if entry.provenance.dglbench == __version__ and record_config.trial_id != trial:
-                problems.append(f"{vpath.name}: trial id {trial} is not the id of its records' configuration")
-                break
-            got = _protocol(record_config.to_dict())
-            if got != expected:
-                first = diff(got, expected) or "config"
-                problems.append(
-                    f"{vpath.name}: trial {trial} did not run the track's configuration for this defense ({first})"
-                )
-                break
-            rd = rec.get("defense")
-            if isinstance(rd, dict) and (rd.get("params") != d.params or rd.get("privacy") != d.formal_privacy):
-                problems.append(
-                    f"{vpath.name}: victim {rec['victim_id']}: the defense's parameters or formal privacy differ "
-                    "from the entry's defense block"
-                )
-                break
+    return problems
 
-    # --- aggregates
+
+def _aggregate_problems(entry: Entry, track: Track, groups: dict[str, list[dict]]) -> list[str]:
+    """The stored summaries are the ones the victims file gives."""
+    trial_ids = entry.provenance.trial_ids
     recomputed = {
         "privacy": to_dict(privacy_summaries(track, trial_ids, groups)),
         "i2f": to_dict(i2f_summary(trial_ids[0], groups[trial_ids[0]])),
@@ -186,11 +208,62 @@ def _check(entry: Entry, path: Path, root: Path) -> list[str]:
         "i2f": to_dict(entry.i2f),
         "utility.gradient_cosine": to_dict(entry.utility.gradient_cosine),
     }
-    for key in recomputed:
-        found = diff(stored[key], recomputed[key], key)
-        if found:
-            problems.append(found)
-    return problems
+    return [found for key in recomputed if (found := diff(stored[key], recomputed[key], key))]
+
+
+def _victim_groups(entry: Entry, path: Path, track: Track) -> tuple[dict[str, list[dict]] | None, list[str]]:
+    """The victims file's records grouped by trial (``None`` when they cannot be), and its problems."""
+    vpath = victims_path(path)
+    if not vpath.exists():
+        return None, [f"victims file {vpath.name} is missing; the aggregates cannot be recomputed"]
+    try:
+        victims = load_victims(vpath)
+    except DglbenchError as exc:
+        return None, [str(exc)]
+    problems = []
+    if victims.entry_id != entry.entry_id:
+        problems.append(f"{vpath.name}: entry_id {victims.entry_id!r} is not {entry.entry_id!r}")
+    try:
+        return by_trial(victims.records, entry.provenance.trial_ids, track.num_victims), problems
+    except DglbenchError as exc:
+        return None, [*problems, f"{vpath.name}: {exc}"]
+
+
+def _check(entry: Entry, path: Path, root: Path) -> list[str]:
+    problems = _identity_problems(entry, path, root) + _defense_problems(entry.defense)
+    try:
+        track = load_track(entry.track, root)
+    except DglbenchError as exc:
+        return [*problems, f"track: {exc}"]
+    problems += _track_problems(entry, track) + _utility_problems(entry, track)
+    try:  # builds configurations from names; imports nothing the entry names
+        configs = track.trial_configs(entry.defense.spec, entry.defense.params)
+    except DglbenchError as exc:
+        return [*problems, f"cannot rebuild the trial configurations: {exc}"]
+    if len(entry.provenance.trial_ids) != len(configs):
+        n = len(entry.provenance.trial_ids)
+        return [*problems, f"provenance.trial_ids lists {n} trials; the track's suite has {len(configs)}"]
+    groups, found = _victim_groups(entry, path, track)
+    problems += found
+    if groups is None:
+        return problems
+    problems += _configuration_problems(entry, configs, groups, victims_path(path).name)
+    return problems + _aggregate_problems(entry, track, groups)
+
+
+def untrusted_notes(paths: Sequence[str | Path], root: str | Path | None = None) -> list[str]:
+    """One line per readable entry whose defense is third-party code (not a problem: reading it runs nothing)."""
+    root = Path(root or default_root())
+    notes = []
+    for f in _entry_files(paths, root):
+        try:
+            entry = load_entry(f)
+        except DglbenchError:
+            continue  # reported by validate_paths
+        source = code_source(entry.defense)
+        if not source.trusted:
+            notes.append(f"{f}: note: untrusted code: {source.describe()}; verify runs it only with --trust-code")
+    return notes
 
 
 def validate_entry(path: str | Path, root: str | Path | None = None) -> list[str]:
@@ -217,19 +290,25 @@ def _schema_problems(root: Path) -> list[str]:
     return problems
 
 
+def _entry_files(paths: Sequence[str | Path], root: Path) -> list[Path]:
+    """The entry files named by ``paths`` (files, or folders searched recursively); every stored one when empty."""
+    if not paths:
+        return entry_files(root)
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*.json") if not q.name.endswith(".victims.json"))
+        else:
+            files.append(p)
+    return files
+
+
 def validate_paths(paths: Sequence[str | Path], root: str | Path | None = None) -> list[str]:
     """Problems of the given entry files, or of every stored track and entry when ``paths`` is empty."""
     root = Path(root or default_root())
     problems: list[str] = []
-    if paths:
-        files = []
-        for p in map(Path, paths):
-            if p.is_dir():
-                files += sorted(q for q in p.rglob("*.json") if not q.name.endswith(".victims.json"))
-            else:
-                files.append(p)
-    else:
-        files = entry_files(root)
+    files = _entry_files(paths, root)
+    if not paths:
         for ref in list_tracks(root):
             try:
                 load_track(ref, root)

@@ -12,7 +12,7 @@ from dglbench.errors import UnknownNameError
 from dglbench.leaderboard.store import entry_files, load_entry
 from dglbench.leaderboard.submit import submit
 from dglbench.leaderboard.validate import validate_paths
-from dglbench.leaderboard.verify import verify_entry
+from dglbench.leaderboard.verify import sample_victims, verify_entry
 
 
 @pytest.fixture
@@ -49,8 +49,13 @@ def test_submit_validate_verify(tiny_root, tmp_path, capsys):
     assert validate_paths([], root=tiny_root) == []
     capsys.readouterr()
 
-    checks = verify_entry(path, victims=1, root=tiny_root, utility=True)
+    # victim 1 alone: victim 0 is marked done from its stored record and not computed
+    seed = next(s for s in range(100) if sample_victims(2, 1, s) == [1])
+    result = verify_entry(path, victims=1, seed=seed, root=tiny_root, utility=True)
+    checks = result.checks
+    assert result.victims == [1] and result.seed == seed and result.code.kind == "builtin"
     assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+    assert {c.victim for c in checks} == {1, None}
     assert {c.quantity for c in checks} >= {"status", "i2f.lower_bound", "metrics.psnr", "test_accuracy"}
 
 
