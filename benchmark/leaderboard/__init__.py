@@ -11,7 +11,6 @@ Example:
     'digits-convnet5@1'
 """
 
-from dglbench.leaderboard.migrations import migrate
 from dglbench.leaderboard.schema import SCHEMA_VERSION, Entry, config_hash
 from dglbench.leaderboard.store import entry_files, load_entry
 from dglbench.leaderboard.track import Track, list_tracks, load_track
@@ -25,5 +24,4 @@ __all__ = [
     "list_tracks",
     "load_entry",
     "load_track",
-    "migrate",
 ]

@@ -227,8 +227,8 @@ class Entry:
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
             raise ConfigError(
-                f"schema_version {self.schema_version} is not {SCHEMA_VERSION}; migrate the entry first "
-                "(dglbench.leaderboard.migrations.migrate)"
+                f"schema_version {self.schema_version} is not {SCHEMA_VERSION}; this dglbench reads schema "
+                f"v{SCHEMA_VERSION} entries only"
             )
         if not _ENTRY_ID.match(self.entry_id):
             raise ConfigError(f"entry_id {self.entry_id!r} must look like '<track>@<version>/<defense>-<12 hex>'")

@@ -1,4 +1,8 @@
-"""Where entries live and how they are read: JSON only, migrated to the current schema on load.
+"""Where entries live and how they are read: JSON only, checked strictly against the current schema.
+
+Entries carry their ``schema_version``. This dglbench reads schema v1, the only version so far; an
+entry of a newer version asks for a newer dglbench. When schema v2 arrives, the step that reads a v1
+entry as v2 goes into :func:`load_entry` (and a test that every stored v1 entry still loads).
 
 ``leaderboards/v<N>/entries/<track id>/<defense slug>-<config hash>.json`` holds the entry and
 ``<defense slug>-<config hash>.victims.json`` its per-victim records. Nothing is unpickled.
@@ -15,11 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from dglbench.errors import DglbenchError
-from dglbench.leaderboard.schema import Entry, VictimsFile, entry_slug
+from dglbench.leaderboard.schema import SCHEMA_VERSION, Entry, VictimsFile, entry_slug
 from dglbench.leaderboard.track import default_root
 from dglbench.leaderboard.typed import from_dict
 
-__all__ = ["EntryFileError", "entry_files", "entry_paths", "load_entry", "load_victims", "read_json", "victims_path"]
+__all__ = [
+    "EntryFileError",
+    "check_schema_version",
+    "entry_files",
+    "entry_paths",
+    "load_entry",
+    "load_victims",
+    "read_json",
+    "victims_path",
+]
 
 VICTIMS_SUFFIX = ".victims.json"
 
@@ -60,13 +73,34 @@ def read_json(path: str | Path) -> Any:
         raise EntryFileError(f"{path}: cannot read JSON: {str(exc).splitlines()[0]}") from None
 
 
-def load_entry(path: str | Path) -> Entry:
-    """Read an entry, migrate it to the current schema, and check it strictly against :class:`Entry`."""
-    from dglbench.leaderboard.migrations import migrate
+def check_schema_version(data: Any) -> None:
+    """Raise :class:`EntryFileError` unless ``data`` is a JSON object of a schema version this dglbench reads.
 
+    Example:
+        >>> check_schema_version({"schema_version": 1})
+        >>> try:
+        ...     check_schema_version({"schema_version": 2})
+        ... except EntryFileError as exc:
+        ...     print(exc)
+        schema_version 2 is newer than this dglbench knows (1); upgrade dglbench
+    """
+    if not isinstance(data, dict):
+        raise EntryFileError(f"an entry must be a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise EntryFileError(f"schema_version must be a positive integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise EntryFileError(
+            f"schema_version {version} is newer than this dglbench knows ({SCHEMA_VERSION}); upgrade dglbench"
+        )
+
+
+def load_entry(path: str | Path) -> Entry:
+    """Read an entry and check it strictly against :class:`Entry` (schema v1)."""
     data = read_json(path)
     try:
-        return from_dict(Entry, migrate(data))
+        check_schema_version(data)
+        return from_dict(Entry, data)
     except DglbenchError as exc:
         raise EntryFileError(f"{path}: {exc}") from None
 

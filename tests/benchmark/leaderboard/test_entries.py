@@ -1,4 +1,4 @@
-"""Every stored track and entry: migrates, validates (schema, consistency, recomputed aggregates), is rendered.
+"""Every stored track and entry: parses, validates (schema, consistency, recomputed aggregates), is rendered.
 
 This is how CI runs ``dglbench leaderboard validate``: ``make test`` runs this file.
 """
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from dglbench.defenses import DEFENSES
-from dglbench.leaderboard.migrations import migrate
 from dglbench.leaderboard.render import render_all
 from dglbench.leaderboard.schema import Entry
 from dglbench.leaderboard.store import entry_files, load_entry, read_json, victims_path
@@ -29,8 +28,8 @@ def test_every_stored_track_and_entry_is_valid():
 
 
 @pytest.mark.parametrize("path", ENTRIES, ids=[p.stem for p in ENTRIES])
-def test_every_stored_entry_migrates_and_parses(path):
-    entry = from_dict(Entry, migrate(read_json(path)))
+def test_every_stored_entry_parses(path):
+    entry = from_dict(Entry, read_json(path))
     assert victims_path(path).exists()
     assert entry.entry_id.endswith(path.stem)
 

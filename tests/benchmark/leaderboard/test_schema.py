@@ -1,4 +1,4 @@
-"""Entry schema v1: strict parsing, the exported JSON Schema, identities, migrations, track loading."""
+"""Entry schema v1: strict parsing, the exported JSON Schema, identities, schema version, track loading."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 from dglbench.errors import ConfigError, DataNotFoundError
-from dglbench.leaderboard.migrations import MIGRATIONS, MigrationError, migrate
 from dglbench.leaderboard.schema import (
     SCHEMA_VERSION,
     Entry,
@@ -19,6 +18,7 @@ from dglbench.leaderboard.schema import (
     victims_json_schema,
 )
 from dglbench.leaderboard.stats import summarize
+from dglbench.leaderboard.store import EntryFileError, check_schema_version, load_entry
 from dglbench.leaderboard.track import load_track
 from dglbench.leaderboard.typed import SchemaError, from_dict, to_dict
 
@@ -117,7 +117,7 @@ def test_schema_errors_name_the_path_of_the_bad_value(entry_dict):
         from_dict(Entry, bad)
     bad = copy.deepcopy(entry_dict)
     bad["schema_version"] = 2
-    with pytest.raises(ConfigError, match="migrate"):
+    with pytest.raises(ConfigError, match="reads schema v1 entries only"):
         from_dict(Entry, bad)
 
 
@@ -145,31 +145,19 @@ def test_summaries_match_numpy_and_scipy():
     assert (one.n, one.mean, one.ci95_low) == (1, 2.0, None)
 
 
-# ------------------------------------------------------------------------------------------- migrations
-def test_migrate_is_identity_on_the_current_version_and_does_not_modify_its_input(entry_dict):
-    before = copy.deepcopy(entry_dict)
-    assert migrate(entry_dict) == before and entry_dict == before
+# ------------------------------------------------------------------------------------------- schema version
+def test_only_schema_v1_is_read_and_a_newer_version_asks_for_a_newer_dglbench(entry_dict, tmp_path):
     assert SCHEMA_VERSION == 1
-
-
-def test_migrations_chain_in_order(monkeypatch):
-    def one_to_two(d):
-        return {**d, "schema_version": 2, "added": None}
-
-    def two_to_three(d):
-        out = {k: v for k, v in d.items() if k != "old"}
-        return {**out, "schema_version": 3, "renamed": d["old"]}
-
-    monkeypatch.setitem(MIGRATIONS, 1, one_to_two)
-    monkeypatch.setitem(MIGRATIONS, 2, two_to_three)
-    assert migrate({"schema_version": 1, "old": 5}, target=3) == {"schema_version": 3, "added": None, "renamed": 5}
-    with pytest.raises(MigrationError, match="newer"):
-        migrate({"schema_version": 4}, target=3)
-    monkeypatch.delitem(MIGRATIONS, 2)
-    with pytest.raises(MigrationError, match="no migration from schema v2"):
-        migrate({"schema_version": 1, "old": 5}, target=3)
-    with pytest.raises(MigrationError, match="positive integer"):
-        migrate({"schema_version": "1"})
+    check_schema_version(entry_dict)
+    for bad, match in (({"schema_version": 2}, "newer than this dglbench knows"),
+                       ({"schema_version": "1"}, "positive integer"), ({"schema_version": True}, "positive integer"),
+                       ([1], "JSON object")):  # fmt: skip
+        with pytest.raises(EntryFileError, match=match):
+            check_schema_version(bad)
+    path = tmp_path / "e.json"
+    path.write_text(json.dumps(dict(entry_dict, schema_version=3)))
+    with pytest.raises(EntryFileError, match=r"e\.json: schema_version 3 is newer"):
+        load_entry(path)
 
 
 # ----------------------------------------------------------------------------------------------- tracks
