@@ -51,6 +51,7 @@ from dglbench.errors import ConfigError
 
 __all__ = [
     "Count",
+    "NoiseScale",
     "NonNegativeFloat",
     "ParamError",
     "PositiveFloat",
@@ -136,6 +137,12 @@ Tolerance = Annotated[float, Range(gt=0)]
 Probability = Annotated[float, Range(ge=0, le=1)]
 #: A ratio in ``[0, 1)`` (a share that must leave something).
 Ratio = Annotated[float, Range(ge=0, lt=1)]
+#: The scale of noise added to a gradient: ``>= 0`` and at most 1e6. A gradient's entries are far below
+#: 1e6, so more noise hides nothing more, and norms of such noise overflow the float32 arithmetic of
+#: I2F (on digits/convnet5, sigma 1e15 still gives finite I2F values, 1e25 overflows).
+NoiseScale = Annotated[
+    float, Range(ge=0, le=1e6, note="noise above 1e6 hides nothing more and overflows float32 norms")
+]
 #: A count of iterations, steps or items: an integer ``>= 1``.
 Count = Annotated[int, Range(ge=1)]
 
@@ -191,7 +198,9 @@ def field_hints(cls: type) -> dict[str, Any]:
 def _num(x: Any) -> str:
     if isinstance(x, float) and x.is_integer() and abs(x) < 1e6:
         return str(int(x))
-    return f"{x:g}" if isinstance(x, float) else str(x)
+    if not isinstance(x, float):
+        return str(x)
+    return f"{x:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
 
 
 def _show(value: Any) -> str:
@@ -256,7 +265,8 @@ def _number_fix(base: Any, rng: Range | None, value: Any, example: Any) -> str:
     good = _example(base, rng, example)
     kind = "an integer" if base is int else "a number"
     fix = f"give {kind} like {_num(good)}" if good is not None else f"give {kind} {rng.describe() if rng else ''}"
-    return f"{fix} ({rng.note})" if rng and rng.note else fix
+    above = _is_number(value) and rng is not None and not rng.contains(value) and value > 0
+    return f"{fix} ({rng.note})" if above and rng.note else fix
 
 
 # ------------------------------------------------------------------------------------------- coercion

@@ -124,14 +124,14 @@ def _resolve(spec: str) -> type:
 def _parameter_hints(factory: Any) -> tuple[dict[str, Any], bool]:
     """Parameter name → type hint (``Any`` when untyped), and whether ``**kwargs`` is accepted."""
     if dataclasses.is_dataclass(factory):
-        hints = get_type_hints(factory)
+        hints = get_type_hints(factory, include_extras=True)
         return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(factory) if f.init}, False
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
         return {}, True
     try:
-        hints = get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+        hints = get_type_hints(factory.__init__ if isinstance(factory, type) else factory, include_extras=True)
     except Exception:
         hints = {}
     params, var_kw = {}, False
@@ -147,7 +147,7 @@ def create_defense(spec: str, **params: Any) -> Any:
     """Build a defense from a registered name, a ``module:Class`` path, or an entry-point name.
 
     Parameters are checked by name and against the class's type hints before construction
-    (numbers given as strings are converted).
+    (:mod:`dglbench.params`: an int passes as a float, a string is not a number).
 
     Args:
         spec: ``"gaussian"``, ``"mypkg.defenses:MyDefense"``, or an entry point in group ``dglbench.defenses``.
@@ -158,7 +158,7 @@ def create_defense(spec: str, **params: Any) -> Any:
         ConfigError: an unknown parameter name or a value of the wrong type (the message names it).
 
     Example:
-        >>> create_defense("gaussian", sigma="0.1").sigma
+        >>> create_defense("gaussian", sigma=0.1).sigma
         0.1
     """
     factory = _resolve(spec)

@@ -23,14 +23,14 @@ Example:
 from __future__ import annotations
 
 import inspect
-import types
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, ClassVar, Literal, Protocol, Union, get_args, get_origin, get_type_hints, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from dglbench.case import DefenseContext
 from dglbench.errors import ConfigError, DglbenchError, ShapeError
 from dglbench.gradients import parameter_gradients
+from dglbench.params import ParamError, check_fields, coerce
 from dglbench.registry import Registry
 from torch import Tensor
 
@@ -71,81 +71,24 @@ def register_defense(name: str):
 
 
 # ------------------------------------------------------------------------------------- parameter types
-def _type_name(hint: Any) -> str:
-    if get_origin(hint) is Literal:
-        return " | ".join(repr(a) for a in get_args(hint))
-    if get_origin(hint) in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(hint))
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """``value`` converted to ``hint`` (numbers from strings too), or raise TypeError/ValueError."""
-    origin = get_origin(hint)
-    if hint is Any:
-        return value
-    if origin is Literal:
-        if value in get_args(hint):
-            return value
-        raise ValueError
-    if origin in (Union, types.UnionType):
-        for option in get_args(hint):  # exact matches first, then conversions
-            if option is type(None) and value is None or isinstance(option, type) and type(value) is option:
-                return value
-        for option in get_args(hint):
-            try:
-                return _coerce(value, option)
-            except (TypeError, ValueError):
-                continue
-        raise ValueError
-    if hint is type(None):
-        if value is None:
-            return None
-        raise ValueError
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError
-    if hint is int:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            return int(value.strip())
-        raise ValueError
-    if hint is float:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            return float(value.strip())
-        raise ValueError
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ValueError
-    return value
-
-
 def coerce_param(owner: str, name: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against the type hint of parameter ``name``; a mismatch is a one-line ConfigError.
+    """Check ``value`` against the type hint of parameter ``name`` (:func:`dglbench.params.coerce`).
 
-    Integers pass as floats, and numbers written as strings (from a command line) are converted.
+    Integers pass as floats; a string where a number is declared is an error (command-line text is
+    parsed once, at the command line: :func:`dglbench.params.parse_cli_value`).
 
     Example:
+        >>> coerce_param("gaussian", "sigma", 1, float)
+        1.0
         >>> coerce_param("gaussian", "sigma", "0.5", float)
-        0.5
+        Traceback (most recent call last):
+        ...
+        dglbench.params.ParamError: defense 'gaussian' parameter 'sigma': expected a number, got str '0.5'; ...
     """
     try:
-        return _coerce(value, hint)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"defense {owner!r}: parameter {name!r} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})"
-        ) from None
+        return coerce(value, hint, name)
+    except ParamError as exc:
+        raise ParamError(exc.key, exc.detail, f"defense {owner!r}") from None
 
 
 # ----------------------------------------------------------------------------------------- the base class
@@ -154,9 +97,10 @@ class Defense:
     """Base class of the built-in defenses: a frozen dataclass whose fields are its parameters.
 
     Subclasses are ``@dataclass(frozen=True)``, implement :meth:`__call__`, and may override
-    :meth:`check` (range checks with :meth:`require`) and :meth:`privacy`. Field values are checked
-    against their type hints on construction (a subclass that defines ``__post_init__`` must call
-    ``super().__post_init__()``).
+    :meth:`check` (checks that involve several parameters, with :meth:`require`) and :meth:`privacy`.
+    Field values are checked against their type hints on construction by :mod:`dglbench.params`, ranges
+    included (``sigma: Annotated[float, Range(ge=0)]``); a subclass that defines ``__post_init__`` must
+    call ``super().__post_init__()``.
     """
 
     name: ClassVar[str] = ""
@@ -164,10 +108,7 @@ class Defense:
     adaptive_attacks: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        hints = get_type_hints(type(self))
-        for f in fields(self):
-            value = coerce_param(defense_name(self), f.name, getattr(self, f.name), hints[f.name])
-            object.__setattr__(self, f.name, value)
+        check_fields(self, f"defense {defense_name(self)!r}")
         self.check()
 
     def check(self) -> None:

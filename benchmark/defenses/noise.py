@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from dglbench.case import DefenseContext
 from dglbench.defenses.base import Defense, register_defense
+from dglbench.params import NoiseScale
 from torch import Tensor
 
 __all__ = ["GaussianNoise", "LaplaceNoise", "randn_like", "rand_like"]
@@ -52,10 +53,7 @@ class GaussianNoise(Defense):
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_l2",)  # the Gaussian MLE distance
 
-    sigma: float = 0.01
-
-    def check(self) -> None:
-        self.require(self.sigma >= 0, "sigma", ">= 0")
+    sigma: NoiseScale = 0.01
 
     def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
         gen = _generator(context)
@@ -75,10 +73,7 @@ class LaplaceNoise(Defense):
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_l1",)  # the Laplace MLE distance
 
-    scale: float = 0.01
-
-    def check(self) -> None:
-        self.require(self.scale >= 0, "scale", ">= 0")
+    scale: NoiseScale = 0.01
 
     def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
         gen = _generator(context)
