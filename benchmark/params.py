@@ -262,6 +262,8 @@ def _number_fix(base: Any, rng: Range | None, value: Any, example: Any) -> str:
             and (rng is None or rng.contains(parsed))
         ):
             return f"write {value.strip()} without quotes"
+    if base is int and isinstance(value, float) and value.is_integer() and (rng is None or rng.contains(value)):
+        return f"write {int(value)}, without a decimal point"
     good = _example(base, rng, example)
     kind = "an integer" if base is int else "a number"
     fix = f"give {kind} like {_num(good)}" if good is not None else f"give {kind} {rng.describe() if rng else ''}"

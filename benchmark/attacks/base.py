@@ -1,9 +1,9 @@
 """The attack interface: ``run`` rebuilds one victim's images, ``run_many`` many victims' at once.
 
 An attack is a frozen dataclass whose fields are its typed hyperparameters (defaults: the paper's).
-Types are checked at construction (a wrong type or range is a :class:`~dglbench.errors.ConfigError`);
-numerical trouble during a run is not an exception but an :class:`AttackResult` with
-``status="failed"`` and a ``reason``.
+Types are checked at construction by :mod:`dglbench.params` (a wrong type or range is a
+:class:`~dglbench.errors.ConfigError`); numerical trouble during a run is not an exception but an
+:class:`AttackResult` with ``status="failed"`` and a ``reason``.
 
 What an attack sees is the model and the :class:`~dglbench.case.Payload`: the (defended) gradient,
 the labels and batch size when the case grants them, and the case, whose loss and model mode the
@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import math
 import time
-import types
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
+from dglbench import params
 from dglbench.attacks.labels import infer_labels
 from dglbench.case import Case, Payload
 from dglbench.errors import ConfigError, ShapeError
@@ -115,60 +115,13 @@ class Outcome:
     failure: str | None = None
 
 
-def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
-    origin = get_origin(hint)
-    if hint is Any:
-        return True, value
-    if hint is type(None):
-        return value is None, value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if hint is str:
-        return isinstance(value, str), value
-    if origin is Literal:
-        return any(type(value) is type(a) and value == a for a in get_args(hint)), value
-    if origin in (Union, types.UnionType):
-        for arg in get_args(hint):
-            ok, coerced = _conforms(value, arg)
-            if ok:
-                return True, coerced
-        return False, value
-    if origin is tuple and isinstance(value, (tuple, list)):
-        args = get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            pairs = [_conforms(v, args[0]) for v in value]
-        elif len(args) == len(value):
-            pairs = [_conforms(v, a) for v, a in zip(value, args)]
-        else:
-            return False, value
-        return all(ok for ok, _ in pairs), tuple(c for _, c in pairs)
-    return origin is None and isinstance(hint, type) and isinstance(value, hint), value
-
-
-def _describe(hint: Any) -> str:
-    if get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(hint))
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
 def check_fields(obj: Any) -> None:
-    """Check (and coerce int → float where a float is declared) every dataclass field against its type hint."""
-    hints = get_type_hints(type(obj))
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        ok, coerced = _conforms(value, hints[f.name])
-        if not ok:
-            raise ConfigError(
-                f"{type(obj).__name__}.{f.name} must be {_describe(hints[f.name])}, got {value!r} "
-                f"({type(value).__name__}); fix the attack's configuration"
-            )
-        if coerced is not value:
-            object.__setattr__(obj, f.name, coerced)
+    """Check every dataclass field against its type hint with :func:`dglbench.params.check_fields`.
+
+    An int passes where a float is declared (stored as float); a string is not a number; NaN and
+    infinities are refused unless the field's ``Range`` allows them.
+    """
+    params.check_fields(obj, f"attack {type(obj).__name__!r}")
 
 
 def best_restart(final_losses: Sequence[float], failures: Sequence[str | None]) -> int:
@@ -201,7 +154,11 @@ class Attack:
     def check(self) -> None:
         """Range checks beyond the types; raise :class:`ConfigError`."""
         if self.restarts < 1:
-            raise ConfigError(f"{type(self).__name__}.restarts must be >= 1, got {self.restarts}")
+            raise params.ParamError(
+                "restarts",
+                f"expected an integer >= 1, got {self.restarts!r}; give an integer like 1",
+                f"attack {type(self).__name__!r}",
+            )
 
     def _solve(self, model: nn.Module, victims: list[Victim], box: Box | None) -> list[Outcome]:
         raise NotImplementedError
