@@ -71,13 +71,46 @@ def load_yaml_mapping(path: str | os.PathLike[str], what: str, *, allow_empty: b
     from dglbench.errors import ConfigError
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8 YAML"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None and allow_empty:
-        return {}
+    if data is None:
+        if allow_empty:
+            return {}
+        raise ConfigError(f"{what} {path} is empty; write its keys in it (YAML), or leave the file out")
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must be a mapping, got {type(data).__name__}")
     return data
+
+
+def check_output_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse an output folder that cannot be one, before anything is written; creates nothing.
+
+    The folder must be a directory, or not exist yet under a writable directory (it is created when the
+    first result is written). A file, ``/dev/null`` or a read-only parent is one :class:`ConfigError` line.
+
+    Example:
+        >>> import tempfile
+        >>> check_output_dir(tempfile.mkdtemp()).is_dir()
+        True
+    """
+    from dglbench.errors import ConfigError
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{what} {path} is not a folder (it is a file or device); choose a folder for the results")
+    parent = target
+    while not parent.exists():  # the nearest existing ancestor is where the folder will be created
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: {parent} is a file, so no folder can be created there; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {parent} is not writable; choose a folder you can write to")
+    return target

@@ -16,6 +16,12 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+#: The most values one image may have after resizing (C·H·W): 2²² float32 values are 16 MiB per image, i.e.
+#: 2048×2048 grey or 1182×1182 RGB. Every stage keeps several copies per image (the batch, the attack's
+#: reconstruction, I2F's solver vectors, the model's activations), and embedded datasets resize a whole
+#: split at once, so a larger request would exhaust memory before it could fail cleanly.
+MAX_IMAGE_VALUES = 2**22
+
 
 def owned_by_rank(victim_id: Tensor | int, rank: int, world_size: int) -> Tensor:
     """Whether ``rank`` owns ``victim_id`` under Lightning's sharding of the victim dataloaders.
@@ -162,8 +168,19 @@ class VictimDataModule(LightningDataModule):
                 raise ConfigError(f"{self.name}: {arg} must be an integer >= {low}, got {value!r}")
         if split not in self.splits:
             raise ConfigError(f"{self.name}: unknown split {split!r}; choose one of {', '.join(self.splits)}")
-        if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        if image_size is not None and (
+            not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1
+        ):
             raise ConfigError(f"{self.name}: image_size must be a positive integer or None, got {image_size!r}")
+        side = image_size or self.default_image_size
+        if self.channels * side * side > MAX_IMAGE_VALUES:
+            largest = int((MAX_IMAGE_VALUES / max(self.channels, 1)) ** 0.5)
+            need = 4 * self.channels * side * side
+            raise ConfigError(
+                f"{self.name}: image_size={side} makes one image {self.channels}x{side}x{side} "
+                f"({need / 2**30:.3g} GiB as float32), over the limit of {MAX_IMAGE_VALUES / 2**20:.0f}M values "
+                f"per image; use image_size <= {largest}"
+            )
         self.save_hyperparameters()
         self.num_victims = num_victims
         self.images_per_victim = images_per_victim

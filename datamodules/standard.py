@@ -9,6 +9,7 @@ line naming the expected path, where to get the files, and ``download=True``.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, ClassVar
 
@@ -81,6 +82,53 @@ class _MNISTFamily(_TorchvisionDataModule):
     def _how_to_get(self, split: str) -> str:
         raw = os.path.join(os.path.abspath(self.root), self.torchvision_class.__name__, "raw")
         return f"download the .gz files from {self.torchvision_class.mirrors[0]} and gunzip them into {raw}"
+
+    def _open(self, split: str, download: bool, transform: Any = None) -> Dataset:
+        raw = os.path.join(os.path.abspath(self.root), self.torchvision_class.__name__, "raw")
+        files = [os.path.join(raw, os.path.splitext(name)[0]) for name, _ in self.torchvision_class.resources]
+        if all(os.path.exists(f) for f in files):  # a missing file is the "not found" case below
+            prefix = "train" if split == "train" else "t10k"
+            images, labels = (os.path.join(raw, f"{prefix}-{kind}-ubyte") for kind in ("images-idx3", "labels-idx1"))
+            n_images, n_labels = check_idx_file(images, self), check_idx_file(labels, self)
+            if n_images != n_labels:
+                raise DataNotFoundError(
+                    f"{self.name}: {images} holds {n_images} images but {labels} {n_labels} labels; "
+                    f"{self._how_to_get(split)}"
+                )
+        return super()._open(split, download, transform)
+
+
+# IDX element types (http://yann.lecun.com/exdb/mnist/): type code -> bytes per element
+_IDX_TYPES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def check_idx_file(path: str, dm: _MNISTFamily) -> int:
+    """Check an uncompressed IDX file's header against its length; returns its first dimension (the item count).
+
+    An empty, truncated or padded file (a download cut short, a failed gunzip) is one
+    :class:`~dglbench.errors.DataNotFoundError` line naming the file, instead of a parser's traceback.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+        problem = ""
+        if len(head) < 4:
+            problem = f"is {'empty' if size == 0 else 'cut short'} ({size} bytes)"
+        elif head[:2] != b"\x00\x00" or head[2] not in _IDX_TYPES or not 1 <= head[3] <= 4:
+            problem = f"is not an IDX file (header {head.hex()}; a .gz file not yet gunzipped?)"
+        else:
+            dims_raw = fh.read(4 * head[3])
+            if len(dims_raw) < 4 * head[3]:
+                problem = f"is cut short ({size} bytes, inside its header)"
+            else:
+                dims = [int.from_bytes(dims_raw[4 * i : 4 * i + 4], "big") for i in range(head[3])]
+                expected = 4 + 4 * head[3] + _IDX_TYPES[head[2]] * math.prod(dims)
+                if size != expected:
+                    problem = f"has {size} bytes where its header ({'x'.join(map(str, dims))}) says {expected}"
+                    problem += " (cut short)" if size < expected else ""
+                else:
+                    return dims[0]
+    raise DataNotFoundError(f"{dm.name}: {path} {problem}; delete it, then {dm._how_to_get('train')}")
 
 
 class MNISTDataModule(_MNISTFamily):
