@@ -86,10 +86,11 @@ def _static_provenance() -> dict[str, Any]:
 
 def provenance(device: torch.device, dtype: str) -> dict[str, Any]:
     """Package versions, git commit, device, dtype, host and time of a record."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    from dglbench.hardware import device_name
+
     return {
         **_static_provenance(),
-        "device": f"{device.type}: {name}",
+        "device": f"{device.type}: {device_name(device)}",
         "dtype": dtype,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

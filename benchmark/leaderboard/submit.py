@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dglbench.hardware import device_name, global_rank, torch_device
 from dglbench.io import atomic_write_json
 from dglbench.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
 from dglbench.leaderboard.schema import (
@@ -90,22 +91,13 @@ def defense_info(
 
 def _device_name(accelerator: str, devices: int) -> str:
     """The accelerator's model name (GPU name, or the CPU's model from /proc/cpuinfo) and count."""
-    import torch
-
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return f"{devices} x {torch.cuda.get_device_name(0)}"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()}"
+    device = torch_device(accelerator)
+    return f"{devices} x {device_name(device)}" if device.type == "cuda" else f"cpu: {device_name(device)}"
 
 
 def process_rank() -> int:
     """This process's global rank under Lightning's DDP launcher (0 when not distributed)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    return global_rank()
 
 
 def build_entry(
@@ -196,7 +188,6 @@ def submit(
     Returns:
         The :class:`Submission` on the main process; ``None`` on the other DDP ranks.
     """
-    import torch
     from dglbench.runner import run_trial
 
     start = time.perf_counter()
@@ -212,9 +203,7 @@ def submit(
     if process_rank() != 0:
         return None
     privacy_seconds = time.perf_counter() - start
-    device = (
-        "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = torch_device(accelerator).type
     t0 = time.perf_counter()
     defended = fedsgd_accuracy(track, defense, info.params, device=device, data_root=data_root)
     undefended = undefended_accuracy(track, device=device, root=root, data_root=data_root)

@@ -285,9 +285,10 @@ def verify_entry(
                 ok = _close(value, new, kind, tol)
                 checks.append(Check(trial_id, rec["victim_id"], quantity, value, new, f"{kind} {tol:g}", ok))
     if utility:
+        from dglbench.hardware import torch_device
         from dglbench.leaderboard.utility import fedsgd_accuracy
 
-        device = "cuda" if accelerator in ("gpu", "cuda") else "cpu"
+        device = torch_device(accelerator).type  # `auto` means CUDA where there is one, as in submit
         got = fedsgd_accuracy(
             track, entry.defense.spec, entry.defense.params, device=device, data_root=data_root
         ).test_accuracy
