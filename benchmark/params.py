@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from dglbench.errors import ConfigError
+from dglbench.errors import ConfigError, DglbenchError
 
 __all__ = [
     "Count",
@@ -60,6 +60,7 @@ __all__ = [
     "Ratio",
     "Tolerance",
     "YamlLoader",
+    "build",
     "check_fields",
     "coerce",
     "field_hints",
@@ -348,6 +349,8 @@ def coerce(value: Any, hint: Any, key: str = "", *, example: Any = _MISSING, jso
                 raise ParamError(key, f"keys must be strings, got {_show(k)}")
             out[k] = coerce(v, item, f"{key}.{k}" if key else k, json=json)
         return out
+    if dataclasses.is_dataclass(base):
+        return build(base, value, key, json=json)
     if isinstance(base, type) and origin is None:
         if not isinstance(value, base):
             raise ParamError(key, f"expected {_describe(base)}, got {_show(value)}")
@@ -388,6 +391,56 @@ def _check_json(value: Any, key: str) -> None:
             _check_json(v, f"{key}.{k}" if key else k)
         return
     raise ParamError(key, f"{type(value).__name__} is not JSON data")
+
+
+def build(cls: type, data: Any, key: str = "", *, json: bool = False) -> Any:
+    """Dataclass ``cls`` from a mapping, strictly: no unknown key, every field present, each value typed.
+
+    Fields with a default may be left out only when ``cls`` lists them in ``__optional_keys__``
+    (stored files name every field). Errors raised by ``cls`` itself for a nested value are prefixed
+    with ``key``.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Solver:
+        ...     tol: Tolerance
+        ...     max_iter: Count
+        >>> build(Solver, {"tol": 1, "max_iter": 300})
+        Solver(tol=1.0, max_iter=300)
+        >>> build(Solver, {"tol": 1e-4, "max_iter": 0}, "estimate")
+        Traceback (most recent call last):
+        ...
+        dglbench.params.ParamError: estimate.max_iter: expected an integer >= 1, got 0; give an integer like 1
+    """
+    if not isinstance(data, dict):
+        raise ParamError(key, f"expected a mapping, got {_show(data)}")
+    hints = field_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in fields]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ParamError(
+            f"{key}.{unknown[0]}" if key else str(unknown[0]), f"unknown key; allowed keys: {', '.join(names)}"
+        )
+    optional = set(getattr(cls, "__optional_keys__", ()))
+    kwargs = {}
+    for f in fields:
+        sub = f"{key}.{f.name}" if key else f.name
+        if f.name not in data:
+            if f.name in optional:
+                continue
+            base = strip_annotated(hints[f.name])[0]
+            nullable = get_origin(base) in (Union, types.UnionType) and type(None) in get_args(base)
+            raise ParamError(sub, f"missing (required{'; null when not applicable' if nullable else ''})")
+        default = f.default if f.default is not dataclasses.MISSING else _MISSING
+        kwargs[f.name] = coerce(data[f.name], hints[f.name], sub, example=default, json=json)
+    try:
+        return cls(**kwargs)
+    except DglbenchError as exc:
+        if isinstance(exc, ParamError) or not key:
+            raise
+        raise ParamError(key, str(exc)) from None
 
 
 def check_fields(obj: Any, owner: str = "", *, json: bool = False) -> None:
