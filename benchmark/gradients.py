@@ -313,3 +313,37 @@ class GradientOperator:
     def gram(self, v: Tensor) -> Tensor:
         """``KᵀK v`` for ``v`` of shape ``[V, d_x]`` (two products)."""
         return self.rmatvec(self.matvec(v))
+
+    def rmatvec_many(self, u: Tensor) -> Tensor:
+        """``Kᵀ u`` for ``m`` vectors per victim, ``u`` of shape ``[V, m, d_θ]``; returns ``[V, m, d_x]``.
+
+        One vectorized pass over the stored linearization (``vmap`` of the VJP); counts as ``m`` products.
+        """
+        m = u.shape[1]
+        if m == 1:
+            return self.rmatvec(u[:, 0]).unsqueeze(1)
+        self.products += m
+        try:
+            out = vmap(lambda w: self._vjp_fn(w)[0], in_dims=1, out_dims=1)(u.to(self.gradient.dtype))
+        except RuntimeError as exc:
+            raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
+        return out.reshape(self.num_victims, m, -1)
+
+    def gram_many(self, v: Tensor) -> Tensor:
+        """``KᵀK v`` for ``m`` vectors per victim, ``v`` of shape ``[V, m, d_x]`` (``2m`` products, one pass each).
+
+        The JVP is vectorized over the ``m`` tangents (``vmap``), so the model's forward pass is shared.
+        """
+        m = v.shape[1]
+        if m == 1:
+            return self.gram(v[:, 0]).unsqueeze(1)
+        self.products += m
+
+        def kv(t: Tensor) -> Tensor:
+            return jvp(self._stacked_gradient, (self.images,), (t.reshape(self.images.shape),))[1]
+
+        try:
+            kv_out = vmap(kv, in_dims=1, out_dims=1)(v.to(self.images.dtype))
+        except RuntimeError as exc:
+            raise _differentiability_error(exc, "the Jacobian-vector product Kv") from exc
+        return self.rmatvec_many(kv_out)

@@ -211,7 +211,7 @@ def test_shared_estimate_equals_separate_calls_with_fewer_products():
     ys = [torch.randint(0, 4, (1,)) for _ in xs]
     d = sum(p.numel() for p in model.parameters())
     deltas = [torch.randn(d, dtype=torch.float64) * 1e-2 for _ in xs]
-    est = estimate_i2f(model, xs, ys, deltas, eps=(0.1, 1.0), lower_bound_tol=1e-8, cg_tol=1e-10)
+    est = estimate_i2f(model, xs, ys, deltas, eps=(0.1, 1.0), lower_bound_tol=1e-8, cg_tol=1e-10, deflate=0)
     lb = i2f_lower_bound(model, xs, ys, deltas, tol=1e-8)
     assert torch.equal(est.lower_bound.value, lb.value)
     assert torch.equal(est.lower_bound.products, lb.products)
@@ -221,3 +221,73 @@ def test_shared_estimate_equals_separate_calls_with_fewer_products():
         assert torch.equal(est.exact[eps].value, ex.value)
         separate += ex.products
     assert bool((est.products == separate - 2).all())  # Kᵀδ computed once instead of three times
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("eps", [0.01, 0.1, 1.0])
+def test_deflated_cg_matches_solve_and_plain_cg(name, eps):
+    """CG preconditioned by the Lanczos run's Ritz pairs: the explicit solve's value, as plain CG, in no more steps."""
+    model, x, y, delta = case(name, batch=2)
+    K = explicit_k(model, x, y)
+    truth = np.linalg.norm(np.linalg.solve(K.T @ K + eps * np.eye(K.shape[1]), K.T @ delta.numpy()))
+    plain = estimate_i2f(model, x, y, delta, eps=(eps,), cg_tol=1e-10, lower_bound_tol=1e-8, deflate=0).exact[eps]
+    deflated = estimate_i2f(model, x, y, delta, eps=(eps,), cg_tol=1e-10, lower_bound_tol=1e-8, deflate=8).exact[eps]
+    assert bool(deflated.converged[0]) and bool(plain.converged[0])
+    assert rel(deflated.value[0], truth) <= RTOL
+    assert rel(deflated.value[0], plain.value[0]) <= RTOL
+    assert int(deflated.iterations[0]) <= int(plain.iterations[0])
+
+
+def test_spectral_preconditioner_is_symmetric_positive_definite_even_with_inexact_ritz_vectors():
+    from dglbench.influence import LanczosOutput, spectral_preconditioner
+
+    torch.manual_seed(0)
+    n = 6
+    q, _ = torch.linalg.qr(torch.randn(n, 3, dtype=torch.float64))
+    out = LanczosOutput(
+        torch.ones(1, 1),
+        torch.zeros(1, 1, n),
+        torch.ones(1),
+        torch.ones(1, dtype=torch.bool),
+        ritz_values=torch.tensor([[9.0, 4.0, 1.0]], dtype=torch.float64),
+        ritz_vectors=q.T[None],
+        ritz_residuals=torch.tensor([[0.0, 0.01, 5.0]], dtype=torch.float64),  # the third is not kept
+    )
+    apply = spectral_preconditioner(out, eps=0.5)
+    M = torch.stack([apply(e[None])[0] for e in torch.eye(n, dtype=torch.float64)], 1)
+    # by hand: σ = 4 + 0.5; coefficients σ/(θ+ε) − 1 = 4.5/9.5 − 1 and 0 (kept), 0 for the third pair
+    expected = torch.eye(n, dtype=torch.float64) + (4.5 / 9.5 - 1) * torch.outer(q[:, 0], q[:, 0])
+    torch.testing.assert_close(M, expected)
+    assert bool((torch.linalg.eigvalsh(M) > 0).all())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_many_perturbations_of_one_victim_equal_one_at_a_time(name):
+    """A [m, d_θ] perturbation matrix for one victim: per-row values equal separate calls and the explicit solve."""
+    model, x, y, _ = case(name, batch=2)
+    d = sum(p.numel() for p in model.parameters())
+    torch.manual_seed(5)
+    scales = torch.tensor([1e-3, 1e-2, 1e-1, 1.0], dtype=torch.float64)
+    deltas = torch.randn(4, d, dtype=torch.float64) * scales[:, None]
+    K = explicit_k(model, x, y)
+    lam_max = np.linalg.eigvalsh(K.T @ K)[-1]
+    est = estimate_i2f(model, x, y, deltas, eps=(0.1,), lower_bound_tol=1e-8, cg_tol=1e-10)
+    assert est.lower_bound.value.shape == (4,) and est.exact[0.1].value.shape == (4,)
+    for j in range(4):
+        one = estimate_i2f(model, x, y, deltas[j], eps=(0.1,), lower_bound_tol=1e-8, cg_tol=1e-10)
+        truth = np.linalg.norm(np.linalg.solve(K.T @ K + 0.1 * np.eye(K.shape[1]), K.T @ deltas[j].numpy()))
+        assert rel(est.exact[0.1].value[j], truth) <= RTOL
+        assert rel(est.exact[0.1].value[j], one.exact[0.1].value[0]) <= RTOL
+        assert rel(est.lower_bound.value[j], np.linalg.norm(K.T @ deltas[j].numpy()) / lam_max) <= RTOL
+        assert rel(est.lower_bound.value[j], one.lower_bound.value[0]) <= 1e-10  # the same λ_max run
+    lb = i2f_lower_bound(model, x, y, deltas, tol=1e-8)
+    torch.testing.assert_close(lb.value, est.lower_bound.value)
+    ex = i2f(model, x, y, deltas, eps=0.1, tol=1e-10)
+    torch.testing.assert_close(ex.value, est.exact[0.1].value, rtol=1e-6, atol=0)
+
+
+def test_empty_perturbation_matrix_is_a_shape_error():
+    model, x, y, _ = case("mlp")
+    d = sum(p.numel() for p in model.parameters())
+    with pytest.raises(ShapeError, match="at least one row"):
+        i2f_lower_bound(model, x, y, torch.zeros(0, d, dtype=torch.float64))
