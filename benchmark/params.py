@@ -378,7 +378,7 @@ def _check_json(value: Any, key: str) -> None:
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ParamError(key, f"expected a finite number, got {value!r}")
+            raise ParamError(key, f"expected a finite number, got {value!r}; JSON data has no NaN or infinity")
         return
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
@@ -443,7 +443,7 @@ def build(cls: type, data: Any, key: str = "", *, json: bool = False) -> Any:
         raise ParamError(key, str(exc)) from None
 
 
-def check_fields(obj: Any, owner: str = "", *, json: bool = False) -> None:
+def check_fields(obj: Any, owner: str = "", *, json: bool = False, skip: tuple[str, ...] = ()) -> None:
     """Check every field of a (frozen) dataclass instance against its hint, storing the converted values.
 
     Args:
@@ -451,6 +451,7 @@ def check_fields(obj: Any, owner: str = "", *, json: bool = False) -> None:
         owner: who the parameters belong to, for messages (``"defense 'gaussian'"``); ``""`` names the
             fields as config keys.
         json: ``Any`` fields must hold JSON data.
+        skip: fields the caller checks itself.
 
     Example:
         >>> from dataclasses import dataclass
@@ -468,6 +469,8 @@ def check_fields(obj: Any, owner: str = "", *, json: bool = False) -> None:
     """
     hints = field_hints(type(obj))
     for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
         value = getattr(obj, f.name)
         default = f.default if f.default is not dataclasses.MISSING else _MISSING
         try:

@@ -18,12 +18,12 @@ import copy
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dglbench.case import Case
 from dglbench.errors import ConfigError
+from dglbench.params import Count, NonNegativeFloat, ParamError, Tolerance, check_fields
 
 SCHEMA_VERSION = 1
 
@@ -65,43 +65,20 @@ class TrialConfig:
     attack: str | None = "inverting_gradients"
     attack_params: dict[str, Any] = field(default_factory=dict)
     estimate: bool = True
-    eps: tuple[float, ...] = (0.1,)
-    lower_bound_tol: float = 1e-3
-    cg_tol: float = 1e-4
-    cg_max_iter: int = 300
+    eps: tuple[NonNegativeFloat, ...] = (0.1,)
+    lower_bound_tol: Tolerance = 1e-3
+    cg_tol: Tolerance = 1e-4
+    cg_max_iter: Count = 300
     case: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    victims_per_step: int = 4
+    victims_per_step: Count = 4
     lpips: bool = True
-    dtype: str = "float32"
+    dtype: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(TrialConfig)
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            expected = hints[f.name]
-            origin = typing.get_origin(expected) or expected
-            if f.name == "eps":
-                values = [value] if isinstance(value, (int, float)) else value
-                if not (
-                    isinstance(values, (list, tuple))
-                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values)
-                ):
-                    raise ConfigError(f"eps must be a number >= 0 or a list of such numbers, got {value!r}")
-                object.__setattr__(self, "eps", tuple(float(v) for v in values))
-                continue
-            if origin is dict and not isinstance(value, dict):
-                raise ConfigError(f"{f.name} must be a mapping, got {type(value).__name__} {value!r}")
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, f.name, float(value))
-            elif expected in (int, float, bool, str) and not isinstance(value, expected):
-                raise ConfigError(f"{f.name} must be {expected.__name__}, got {type(value).__name__} {value!r}")
-            elif expected is int and isinstance(value, bool):
-                raise ConfigError(f"{f.name} must be int, got bool {value!r}")
-        if self.attack is not None and not isinstance(self.attack, str):
-            raise ConfigError(f"attack must be a name or null, got {self.attack!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool):
+            object.__setattr__(self, "eps", (self.eps,))  # `eps: 0.1` is short for `eps: [0.1]`
+        check_fields(self, json=True)  # types and ranges from the hints (dglbench.params)
         if self.attack is None and not self.estimate:
             raise ConfigError("a trial with attack: null and estimate: false measures nothing; enable one of them")
         case_keys = {f.name for f in dataclasses.fields(Case)}
@@ -160,9 +137,15 @@ class TrialConfig:
         INITIALIZATIONS.get(self.init)
         if not timm.is_model(self.model):
             raise ConfigError(f"unknown model {self.model!r}; list them with `dglbench models PATTERN`")
-        create_defense(self.defense, **self.defense_params)
+        try:
+            create_defense(self.defense, **self.defense_params)
+        except ParamError as exc:
+            raise exc.under("defense_params") from None
         if self.attack is not None:
-            create_attack(self.attack, **self.attack_params)
+            try:
+                create_attack(self.attack, **self.attack_params)
+            except ParamError as exc:
+                raise exc.under("attack_params") from None
 
     @property
     def case_obj(self) -> Case:
