@@ -25,12 +25,14 @@ def machine() -> str:
 
 
 def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
-    from dglbench import bench_attacks, bench_i2f
+    from dglbench import bench_adaptive, bench_attacks, bench_i2f
     from dglbench.sweep import bench_demo
 
     return {
         "i2f": ("I2F engine vs the paper's reference", bench_i2f.run),
+        "i2f-scale": ("I2F at sweep scale: many perturbations per victim, preconditioned CG", bench_i2f.run_scale),
         "attacks": ("Attacks", bench_attacks.run),
+        "adaptive": ("Adaptive attacks vs plain attacks, per defense family", bench_adaptive.run),
         "demo": ("Demo (experiment 1 on embedded data)", bench_demo.run),
     }
 
