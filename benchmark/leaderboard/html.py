@@ -1,7 +1,9 @@
 """The static leaderboard page: one self-contained HTML file, sortable tables, inline SVG plots.
 
-No external resources: styles and a small script are inline, and each track's privacy–utility plot
-is an inline SVG drawn by matplotlib (deterministic: no dates, fixed ids). Clicking a column header
+No external resources: the page is ``templates/page.html`` (its styles and small sorting script
+inline) with one ``templates/section.html`` per track filled in, and each track's privacy–utility
+plot is an inline SVG drawn by matplotlib (deterministic: no dates, fixed ids). Cells come from
+:mod:`~dglbench.leaderboard.cells`, as in the Markdown and LaTeX tables. Clicking a column header
 sorts the table (again: reverses); missing values always sort last. Opening the page with
 ``#sort=<column key>-<asc|desc>`` (e.g. ``index.html#sort=accuracy-desc``) sorts every table on load.
 
@@ -17,105 +19,44 @@ import html
 import io
 import re
 from collections.abc import Sequence
+from functools import cache
+from importlib.resources import files
 
-from dglbench.leaderboard.ranking import Row
-from dglbench.leaderboard.render import (
+from dglbench.leaderboard.cells import (
     ATTACK_LABELS,
     METRIC_LABELS,
-    Board,
+    column_keys,
     columns,
     params_text,
     row_cells,
     shown_params,
+    sort_values,
 )
+from dglbench.leaderboard.ranking import Board, Row
 from dglbench.leaderboard.track import METRICS, Track
 
-__all__ = ["html_page", "privacy_utility_svg"]
+__all__ = ["fill", "html_page", "privacy_utility_svg"]
 
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:88rem;padding:0 1rem;
-color:#1d1d1f;line-height:1.45}
-h1{margin-bottom:.2rem}code{background:#f2f2f4;padding:0 .25rem;border-radius:3px}
-table.leaderboard{border-collapse:collapse;font-size:.86rem;margin:1rem 0;width:100%}
-table.leaderboard th,table.leaderboard td{border-bottom:1px solid #ddd;padding:.3rem .45rem;text-align:right;
-white-space:nowrap}
-table.leaderboard th{cursor:pointer;background:#f7f7f9;position:sticky;top:0;user-select:none}
-table.leaderboard th[aria-sort=ascending]::after{content:" \\25B2"}
-table.leaderboard th[aria-sort=descending]::after{content:" \\25BC"}
-table.leaderboard td:nth-child(2),table.leaderboard td:nth-child(3),table.leaderboard th:nth-child(2),
-table.leaderboard th:nth-child(3){text-align:left}
-tr.unranked{color:#777}tr.frontier td:last-child{color:#c77800}
-.scroll{overflow-x:auto}figure{margin:1rem 0}figure svg{max-width:46rem;height:auto}.rule{color:#444}
-"""
-
-_SCRIPT = r"""
-(function () {
-  function value(cell, type) {
-    var v = cell.getAttribute("data-value");
-    if (type === "num") { return v === null || v === "" ? null : parseFloat(v); }
-    return (v !== null ? v : cell.textContent).toLowerCase();
-  }
-  function sortTable(table, key, dir) {
-    var heads = table.tHead.rows[0].cells, idx = -1, type = "text", i;
-    for (i = 0; i < heads.length; i++) {
-      if (heads[i].getAttribute("data-key") === key) { idx = i; type = heads[i].getAttribute("data-type") || "text"; }
-    }
-    if (idx < 0) { return false; }
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = value(a.cells[idx], type), y = value(b.cells[idx], type);
-      if (x === null && y === null) { return 0; }
-      if (x === null) { return 1; }
-      if (y === null) { return -1; }
-      var c = x < y ? -1 : (x > y ? 1 : 0);
-      return dir === "desc" ? -c : c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    for (i = 0; i < heads.length; i++) { heads[i].removeAttribute("aria-sort"); }
-    heads[idx].setAttribute("aria-sort", dir === "desc" ? "descending" : "ascending");
-    table.setAttribute("data-sorted-by", key + "-" + dir);
-    return true;
-  }
-  var tables = Array.prototype.slice.call(document.querySelectorAll("table.leaderboard"));
-  tables.forEach(function (table) {
-    Array.prototype.slice.call(table.tHead.rows[0].cells).forEach(function (th) {
-      th.addEventListener("click", function () {
-        var key = th.getAttribute("data-key");
-        var dir = table.getAttribute("data-sorted-by") === key + "-asc" ? "desc" : "asc";
-        sortTable(table, key, dir);
-      });
-    });
-    table.setAttribute("data-sortable", "ready");
-  });
-  var m = /^#sort=([A-Za-z0-9_-]+)-(asc|desc)$/.exec(window.location.hash);
-  if (m) { tables.forEach(function (t) { sortTable(t, m[1], m[2]); }); }
-  document.documentElement.setAttribute("data-script", "ran");
-})();
-"""
+_PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
 
 
-def _keys(track: Track) -> list[tuple[str, str]]:
-    """(data-key, data-type) per column, aligned with :func:`~dglbench.leaderboard.render.columns`."""
-    keys = [("rank", "num"), ("defense", "text"), ("params", "text"), ("accuracy", "num"), ("drop", "num")]
-    keys += [(f"attack-{a.name}", "num") for a in track.attacks]
-    keys += [("tie", "num"), ("i2f-lower-bound", "num"), ("i2f-exact", "num"), ("cosine", "num"),
-             ("failures", "num"), ("frontier", "num")]  # fmt: skip
-    return keys
+@cache
+def _template(name: str) -> str:
+    """A template file shipped in ``dglbench/leaderboard/templates/``."""
+    return files("dglbench.leaderboard").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _sort_values(track: Track, row: Row) -> list[str]:
-    e, m = row.entry, track.ranking.metric
-    vals: list[object] = [row.rank, None, None, row.accuracy, row.drop]
-    for a in track.attacks:
-        s = e.summary(a.name)
-        vals.append(s.metrics[m].mean if s and m in s.metrics else None)
-    first = e.summary(row.attack or track.attacks[0].name)
-    tie = first.metrics.get(track.ranking.tie_break) if first else None
-    eps = repr(float(track.estimate.eps[0]))
-    vals += [tie.mean if tie else None, e.i2f.lower_bound.mean if e.i2f else None,
-             e.i2f.exact[eps].mean if e.i2f and eps in e.i2f.exact else None, e.utility.gradient_cosine.mean,
-             sum(s.failures for s in e.privacy), 1 if row.pareto else 0]  # fmt: skip
-    return ["" if v is None else repr(v) for v in vals]
+def fill(template: str, **values: str) -> str:
+    """``template`` with each ``{{ name }}`` replaced by ``values[name]`` in one pass (values are not re-read).
+
+    Example:
+        >>> fill("<p>{{ a }} {{ b }}</p>", a="{{ b }}", b="x")
+        '<p>{{ b }} x</p>'
+    """
+    names = set(_PLACEHOLDER.findall(template))
+    if names != set(values):
+        raise KeyError(f"template placeholders {sorted(names)} do not match the values {sorted(values)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
 def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
@@ -170,7 +111,7 @@ def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
 
 
 def _table(track: Track, rows: Sequence[Row]) -> str:
-    keys = _keys(track)
+    keys = column_keys(track)
     head = "".join(
         f'<th data-key="{k}" data-type="{t}" scope="col">{html.escape(c)}</th>'
         for (k, t), c in zip(keys, columns(track))
@@ -179,7 +120,7 @@ def _table(track: Track, rows: Sequence[Row]) -> str:
     for row in rows:
         cls = ("ranked" if row.rank is not None else "unranked") + (" frontier" if row.pareto else "")
         cells = []
-        for (_, kind), cell, value in zip(keys, row_cells(track, row), _sort_values(track, row)):
+        for (_, kind), cell, value in zip(keys, row_cells(track, row), sort_values(track, row)):
             text = html.escape(cell.replace("**", ""))
             if cell.startswith("**"):
                 text = f"<strong>{text}</strong>"
@@ -205,34 +146,24 @@ def _results(track: Track, rows: Sequence[Row]) -> str:
     )
 
 
+def _section(board: Board) -> str:
+    t = board.track
+    attack = "the strongest attack of the suite" if t.ranking.attack == "strongest" else t.ranking.attack
+    rule = (
+        f"Rank: mean {METRIC_LABELS[t.ranking.metric]} of {attack} "
+        f"({'lower' if METRICS[t.ranking.metric] else 'higher'} is more private), among entries within "
+        f"{t.ranking.max_accuracy_drop:g} points of the undefended FedSGD accuracy; others are unranked. "
+        "Values: mean [95 % t-interval] over the track's victims. ★ privacy–utility frontier."
+    )
+    suite = ", ".join(f"{a.name} ({params_text(a.params)})" for a in t.attacks)
+    return fill(
+        _template("section.html"), anchor=html.escape(f"{t.id}-v{t.version}"), title=html.escape(t.title),
+        ref=html.escape(t.ref), description=html.escape(t.description), rule=html.escape(rule),
+        suite=html.escape(suite), results=_results(t, board.rows),
+    ).rstrip("\n")  # fmt: skip
+
+
 def html_page(all_boards: Sequence[Board]) -> str:
     """The whole page."""
-    sections = []
-    for b in all_boards:
-        t = b.track
-        attack = "the strongest attack of the suite" if t.ranking.attack == "strongest" else t.ranking.attack
-        rule = (
-            f"Rank: mean {METRIC_LABELS[t.ranking.metric]} of {attack} "
-            f"({'lower' if METRICS[t.ranking.metric] else 'higher'} is more private), among entries within "
-            f"{t.ranking.max_accuracy_drop:g} points of the undefended FedSGD accuracy; others are unranked. "
-            "Values: mean [95 % t-interval] over the track's victims. ★ privacy–utility frontier."
-        )
-        suite = ", ".join(f"{a.name} ({params_text(a.params)})" for a in t.attacks)
-        sections.append(
-            f'<section id="{html.escape(t.id)}-v{t.version}">\n'
-            f"<h2>{html.escape(t.title)} <code>{html.escape(t.ref)}</code></h2>\n"
-            f'<p>{html.escape(t.description)}</p>\n<p class="rule">{html.escape(rule)}</p>\n'
-            f'<p class="rule">Attack suite: {html.escape(suite)}.</p>\n{_results(t, b.rows)}\n</section>'
-        )
-    page = (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>dglbench leaderboards</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        "<h1>dglbench leaderboards</h1>\n<p>Defenses against Deep Gradient Leakage on fixed, versioned tracks: "
-        "attacked by each track's suite, estimated with the Inversion Influence Function (I2F), charged for utility "
-        "(FedSGD test accuracy). Generated by <code>dglbench leaderboard render</code> from the JSON entries; "
-        "click a column to sort.</p>\n"
-        + "\n".join(sections)
-        + f'\n<script data-sortable="script">{_SCRIPT}</script>\n</body>\n</html>\n'
-    )
+    page = fill(_template("page.html"), sections="\n".join(_section(b) for b in all_boards))
     return re.sub(r"[ \t]+\n", "\n", page)

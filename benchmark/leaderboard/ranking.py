@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from dglbench.leaderboard.schema import Entry
 from dglbench.leaderboard.track import METRICS, Track
 
-__all__ = ["Row", "leak", "rank_entries"]
+__all__ = ["Board", "Row", "leak", "rank_entries"]
 
 
 def leak(value: float, metric: str) -> float:
@@ -58,6 +58,14 @@ class Row:
     eligible: bool
     pareto: bool
     note: str
+
+
+@dataclass(frozen=True)
+class Board:
+    """A track and its ranked rows (:func:`rank_entries`)."""
+
+    track: Track
+    rows: list[Row]
 
 
 def _attack_value(track: Track, entry: Entry) -> tuple[str | None, float | None, float | None]:

@@ -10,6 +10,8 @@ Outputs (all written atomically; rendering twice gives identical files):
 * ``leaderboards/index.html`` — self-contained page with sortable tables and the privacy–utility plots;
 * ``leaderboards/v<N>/schema/*.schema.json`` — the JSON Schemas of the entry files.
 
+Every table cell comes from :mod:`~dglbench.leaderboard.cells`; nothing here imports code an entry names.
+
 Example:
     >>> fmt_stat(29.4691, 27.63, 31.3)
     '29.47 [27.63, 31.30]'
@@ -21,31 +23,18 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 from dglbench.io import atomic_write_text, replace_between_markers
-from dglbench.leaderboard.ranking import Row, rank_entries
-from dglbench.leaderboard.schema import DefenseInfo, write_schemas
+from dglbench.leaderboard.cells import METRIC_LABELS, columns, fmt_stat, row_cells
+from dglbench.leaderboard.html import html_page
+from dglbench.leaderboard.ranking import Board, rank_entries
+from dglbench.leaderboard.schema import write_schemas
 from dglbench.leaderboard.store import entry_files, load_entry
 from dglbench.leaderboard.track import METRICS, Track, default_root, list_tracks, load_track
 
 __all__ = ["Board", "boards", "csv_table", "fmt_stat", "latex_table", "markdown_table", "render_all"]
-
-METRIC_LABELS = {
-    "l2_error": "l2 error", "rmse": "RMSE", "mse": "MSE", "psnr": "PSNR (dB)", "ssim": "SSIM",
-    "lpips_alex": "LPIPS (Alex)", "lpips_vgg": "LPIPS (VGG)", "label_accuracy": "label acc.",
-}  # fmt: skip
-ATTACK_LABELS = {"inverting_gradients": "IG", "dlg": "DLG", "idlg": "iDLG"}
-
-
-@dataclass(frozen=True)
-class Board:
-    """A track and its ranked rows."""
-
-    track: Track
-    rows: list[Row]
 
 
 def boards(root: str | Path | None = None) -> list[Board]:
@@ -57,97 +46,6 @@ def boards(root: str | Path | None = None) -> list[Board]:
         track = load_track(ref, root)
         out.append(Board(track, rank_entries(track, entries)))
     return sorted(out, key=lambda b: (not b.rows, b.track.ref))  # tracks with entries first
-
-
-def _num(x: float | None, digits: int = 2) -> str:
-    if x is None:
-        return "–"
-    if x != 0 and (abs(x) < 10 ** (-digits) or abs(x) >= 1e5):
-        return f"{x:.{digits}e}"
-    return f"{x:.{digits}f}"
-
-
-def fmt_stat(mean: float | None, low: float | None, high: float | None, digits: int = 2) -> str:
-    """``mean [low, high]`` (``–`` for a missing mean; the interval only when present)."""
-    if mean is None:
-        return "–"
-    if low is None or high is None:
-        return _num(mean, digits)
-    return f"{_num(mean, digits)} [{_num(low, digits)}, {_num(high, digits)}]"
-
-
-def params_text(params: dict) -> str:
-    """``k=v, k=v`` of parameters (sorted by name)."""
-    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(params.items())) or "–"
-
-
-def _defaults(defense: DefenseInfo) -> dict:
-    """Default parameter values of a built-in defense (``{}`` when unknown), and its first parameter's name."""
-    if defense.source != "builtin":
-        return {}
-    import dataclasses
-
-    from dglbench.defenses import DEFENSES
-
-    cls = DEFENSES.get(defense.name) if defense.name in DEFENSES else None
-    if cls is None or not dataclasses.is_dataclass(cls):
-        return {}
-    fields = [f for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
-    return {f.name: f.default for f in fields[1:]}  # the first parameter is the strength: always shown
-
-
-def shown_params(defense: DefenseInfo) -> str:
-    """The defense's parameters for a table: built-in defaults are left out, except the first parameter."""
-    defaults = _defaults(defense)
-    return params_text({k: v for k, v in defense.params.items() if k not in defaults or defaults[k] != v})
-
-
-def defense_text(defense: DefenseInfo) -> str:
-    """The defense's name, with its formal guarantee when it has one (``dp_sgd (ε=4.73, δ=1e-05)``)."""
-    p = defense.formal_privacy or {}
-    if isinstance(p.get("epsilon"), (int, float)):
-        delta = f", δ={p['delta']:g}" if isinstance(p.get("delta"), (int, float)) else ""
-        return f"{defense.name} (ε={p['epsilon']:.3g}{delta})"
-    return defense.name
-
-
-def _arrow(metric: str) -> str:
-    return "↓" if METRICS[metric] else "↑"
-
-
-def columns(track: Track) -> list[str]:
-    """Column titles of a track's table (privacy columns: the ranking metric of each attack)."""
-    m = track.ranking.metric
-    attack_cols = [f"{ATTACK_LABELS.get(a.name, a.name)} {METRIC_LABELS[m]} {_arrow(m)}" for a in track.attacks]
-    eps = repr(float(track.estimate.eps[0]))
-    return ["Rank", "Defense", "Parameters", "Test acc. (%)", "Δ acc.", *attack_cols,
-            f"{METRIC_LABELS[track.ranking.tie_break]} (rank attack)",
-            "I2F lower bound", f"I2F exact (ε={eps})", "Grad. cosine", "Failures", "Frontier"]  # fmt: skip
-
-
-def row_cells(track: Track, row: Row) -> list[str]:
-    """The cells of one row, aligned with :func:`columns`."""
-    e, m = row.entry, track.ranking.metric
-    cells = [str(row.rank) if row.rank is not None else "–", defense_text(e.defense), shown_params(e.defense),
-             _num(row.accuracy, 1), _num(row.drop, 1)]  # fmt: skip
-    for spec in track.attacks:
-        s = e.summary(spec.name)
-        stat = s.metrics.get(m) if s else None
-        text = fmt_stat(stat.mean, stat.ci95_low, stat.ci95_high) if stat else "–"
-        cells.append(f"**{text}**" if row.attack == spec.name and row.rank is not None else text)
-    first = e.summary(row.attack or track.attacks[0].name)
-    tie = first.metrics.get(track.ranking.tie_break) if first else None
-    cells.append(fmt_stat(tie.mean, tie.ci95_low, tie.ci95_high) if tie else "–")
-    i2f = e.i2f
-    eps = repr(float(track.estimate.eps[0]))
-    cells.append(_num(i2f.lower_bound.mean, 3) if i2f else "–")
-    cells.append(_num(i2f.exact[eps].mean, 3) if i2f and eps in i2f.exact else "–")
-    cells.append(_num(e.utility.gradient_cosine.mean, 3))
-    failures = sum(s.failures for s in e.privacy)
-    victims = sum(s.victims for s in e.privacy)
-    cells.append(f"{failures}/{victims}")
-    cells.append("★" if row.pareto else "")
-    return cells
 
 
 def markdown_table(board: Board) -> str:
@@ -263,7 +161,6 @@ def render_all(root: str | Path | None = None, repo_root: str | Path | None = No
     """Write every generated file; returns their paths."""
     from dglbench import __version__
     from dglbench.leaderboard.cite import bibtex, citation_cff
-    from dglbench.leaderboard.html import html_page
 
     root = Path(root or default_root())
     repo_root = Path(repo_root) if repo_root else root.parent

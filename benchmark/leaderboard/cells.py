@@ -1,0 +1,158 @@
+"""Cell formatting of the leaderboard tables: one place for the Markdown, LaTeX and HTML writers.
+
+A table's columns (:func:`columns`), a row's cells as text (:func:`row_cells`), and for the web page
+each column's sort key and type (:func:`column_keys`) and each cell's raw sort value
+(:func:`sort_values`). Numbers use :func:`number` (fixed digits, scientific outside 1e-2 .. 1e5);
+a missing value is ``–``. The bold marker ``**`` around a cell is Markdown; the LaTeX writer drops
+it and the HTML writer turns it into ``<strong>``.
+
+Example:
+    >>> fmt_stat(29.4691, 27.63, 31.3)
+    '29.47 [27.63, 31.30]'
+    >>> number(None), number(1.5e-4), number(12.345, 1)
+    ('–', '1.50e-04', '12.3')
+"""
+
+from __future__ import annotations
+
+import json
+
+from dglbench.leaderboard.ranking import Row
+from dglbench.leaderboard.schema import DefenseInfo
+from dglbench.leaderboard.track import METRICS, Track
+
+__all__ = [
+    "ATTACK_LABELS",
+    "METRIC_LABELS",
+    "column_keys",
+    "columns",
+    "defense_text",
+    "fmt_stat",
+    "number",
+    "params_text",
+    "row_cells",
+    "shown_params",
+    "sort_values",
+]
+
+METRIC_LABELS = {
+    "l2_error": "l2 error", "rmse": "RMSE", "mse": "MSE", "psnr": "PSNR (dB)", "ssim": "SSIM",
+    "lpips_alex": "LPIPS (Alex)", "lpips_vgg": "LPIPS (VGG)", "label_accuracy": "label acc.",
+}  # fmt: skip
+ATTACK_LABELS = {"inverting_gradients": "IG", "dlg": "DLG", "idlg": "iDLG"}
+
+
+def number(x: float | None, digits: int = 2) -> str:
+    """``x`` with ``digits`` decimals (scientific when tiny or huge); ``–`` for a missing value."""
+    if x is None:
+        return "–"
+    if x != 0 and (abs(x) < 10 ** (-digits) or abs(x) >= 1e5):
+        return f"{x:.{digits}e}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_stat(mean: float | None, low: float | None, high: float | None, digits: int = 2) -> str:
+    """``mean [low, high]`` (``–`` for a missing mean; the interval only when present)."""
+    if mean is None:
+        return "–"
+    if low is None or high is None:
+        return number(mean, digits)
+    return f"{number(mean, digits)} [{number(low, digits)}, {number(high, digits)}]"
+
+
+def params_text(params: dict) -> str:
+    """``k=v, k=v`` of parameters (sorted by name)."""
+    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(params.items())) or "–"
+
+
+def _defaults(defense: DefenseInfo) -> dict:
+    """Default parameter values of a built-in defense (``{}`` when unknown), and its first parameter's name."""
+    if defense.source != "builtin":
+        return {}
+    import dataclasses
+
+    from dglbench.defenses import DEFENSES
+
+    cls = DEFENSES.get(defense.name) if defense.name in DEFENSES else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return {}
+    fields = [f for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
+    return {f.name: f.default for f in fields[1:]}  # the first parameter is the strength: always shown
+
+
+def shown_params(defense: DefenseInfo) -> str:
+    """The defense's parameters for a table: built-in defaults are left out, except the first parameter."""
+    defaults = _defaults(defense)
+    return params_text({k: v for k, v in defense.params.items() if k not in defaults or defaults[k] != v})
+
+
+def defense_text(defense: DefenseInfo) -> str:
+    """The defense's name, with its formal guarantee when it has one (``dp_sgd (ε=4.73, δ=1e-05)``)."""
+    p = defense.formal_privacy or {}
+    if isinstance(p.get("epsilon"), (int, float)):
+        delta = f", δ={p['delta']:g}" if isinstance(p.get("delta"), (int, float)) else ""
+        return f"{defense.name} (ε={p['epsilon']:.3g}{delta})"
+    return defense.name
+
+
+def _arrow(metric: str) -> str:
+    return "↓" if METRICS[metric] else "↑"
+
+
+def columns(track: Track) -> list[str]:
+    """Column titles of a track's table (privacy columns: the ranking metric of each attack)."""
+    m = track.ranking.metric
+    attack_cols = [f"{ATTACK_LABELS.get(a.name, a.name)} {METRIC_LABELS[m]} {_arrow(m)}" for a in track.attacks]
+    eps = repr(float(track.estimate.eps[0]))
+    return ["Rank", "Defense", "Parameters", "Test acc. (%)", "Δ acc.", *attack_cols,
+            f"{METRIC_LABELS[track.ranking.tie_break]} (rank attack)",
+            "I2F lower bound", f"I2F exact (ε={eps})", "Grad. cosine", "Failures", "Frontier"]  # fmt: skip
+
+
+def row_cells(track: Track, row: Row) -> list[str]:
+    """The cells of one row, aligned with :func:`columns`."""
+    e, m = row.entry, track.ranking.metric
+    cells = [str(row.rank) if row.rank is not None else "–", defense_text(e.defense), shown_params(e.defense),
+             number(row.accuracy, 1), number(row.drop, 1)]  # fmt: skip
+    for spec in track.attacks:
+        s = e.summary(spec.name)
+        stat = s.metrics.get(m) if s else None
+        text = fmt_stat(stat.mean, stat.ci95_low, stat.ci95_high) if stat else "–"
+        cells.append(f"**{text}**" if row.attack == spec.name and row.rank is not None else text)
+    first = e.summary(row.attack or track.attacks[0].name)
+    tie = first.metrics.get(track.ranking.tie_break) if first else None
+    cells.append(fmt_stat(tie.mean, tie.ci95_low, tie.ci95_high) if tie else "–")
+    i2f = e.i2f
+    eps = repr(float(track.estimate.eps[0]))
+    cells.append(number(i2f.lower_bound.mean, 3) if i2f else "–")
+    cells.append(number(i2f.exact[eps].mean, 3) if i2f and eps in i2f.exact else "–")
+    cells.append(number(e.utility.gradient_cosine.mean, 3))
+    failures = sum(s.failures for s in e.privacy)
+    victims = sum(s.victims for s in e.privacy)
+    cells.append(f"{failures}/{victims}")
+    cells.append("★" if row.pareto else "")
+    return cells
+
+
+def column_keys(track: Track) -> list[tuple[str, str]]:
+    """(data-key, data-type) per column of the web page, aligned with :func:`columns`."""
+    keys = [("rank", "num"), ("defense", "text"), ("params", "text"), ("accuracy", "num"), ("drop", "num")]
+    keys += [(f"attack-{a.name}", "num") for a in track.attacks]
+    keys += [("tie", "num"), ("i2f-lower-bound", "num"), ("i2f-exact", "num"), ("cosine", "num"),
+             ("failures", "num"), ("frontier", "num")]  # fmt: skip
+    return keys
+
+
+def sort_values(track: Track, row: Row) -> list[str]:
+    e, m = row.entry, track.ranking.metric
+    vals: list[object] = [row.rank, None, None, row.accuracy, row.drop]
+    for a in track.attacks:
+        s = e.summary(a.name)
+        vals.append(s.metrics[m].mean if s and m in s.metrics else None)
+    first = e.summary(row.attack or track.attacks[0].name)
+    tie = first.metrics.get(track.ranking.tie_break) if first else None
+    eps = repr(float(track.estimate.eps[0]))
+    vals += [tie.mean if tie else None, e.i2f.lower_bound.mean if e.i2f else None,
+             e.i2f.exact[eps].mean if e.i2f and eps in e.i2f.exact else None, e.utility.gradient_cosine.mean,
+             sum(s.failures for s in e.privacy), 1 if row.pareto else 0]  # fmt: skip
+    return ["" if v is None else repr(v) for v in vals]
