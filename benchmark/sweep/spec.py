@@ -14,8 +14,9 @@ The same YAML file runs locally (``dglbench sweep run SPEC``) and as a W&B sweep
       dataset_params: {value: {num_victims: 4, image_size: 16}}
 
 Keys are trial keys (:class:`~dglbench.trial.TrialConfig`), dotted for nested arguments. Every
-trial is built and its names are resolved before anything runs; an unknown key or a bad value is a
-:class:`~dglbench.errors.ConfigError` naming the key.
+trial is built and its names are resolved before anything runs; swept values are typed by the same
+rules as a config file (:mod:`dglbench.params`: ``'0.01'`` in quotes is not a number), and an unknown
+key or a bad value is a :class:`~dglbench.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from typing import Any
 
 from dglbench.errors import ConfigError
 from dglbench.io import load_yaml_mapping
+from dglbench.params import Count, ParamError, Probability, coerce
 from dglbench.trial import TrialConfig
 
-__all__ = ["SweepSpec", "load_spec", "resolve_spec_path", "validate_trial"]
+__all__ = ["SweepSpec", "load_spec", "resolve_spec_path"]
 
 _TOP_KEYS = {
     "name",
@@ -112,6 +114,14 @@ def resolve_spec_path(spec: str | Path) -> Path:
     raise ConfigError(f"no sweep spec {str(spec)!r}: not a file and not a shipped spec ({', '.join(names)})")
 
 
+def _typed(where: str, value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked by :func:`dglbench.params.coerce`; an error names the spec and the key."""
+    try:
+        return coerce(value, hint, key)
+    except ParamError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _check_parameter(where: str, key: str, p: Any) -> None:
     """One parameter's fields (W&B sweep format), each error naming the parameter."""
     extra = sorted(set(p) - _PARAM_KEYS) if isinstance(p, dict) else []
@@ -124,20 +134,15 @@ def _check_parameter(where: str, key: str, p: Any) -> None:
     if "values" in p and (not isinstance(p["values"], list) or not p["values"]):
         raise ConfigError(f"{where}: parameter {key!r}: 'values' must be a non-empty list")
     if "probabilities" in p:
-        probs = p["probabilities"]
-        if not (
-            "values" in p
-            and isinstance(probs, list)
-            and len(probs) == len(p["values"])
-            and all(isinstance(q, (int, float)) and not isinstance(q, bool) and q >= 0 for q in probs)
-            and math.isclose(sum(probs), 1.0, abs_tol=1e-6)
-        ):
+        probs = _typed(where, p["probabilities"], list[Probability], f"parameters.{key}.probabilities")
+        if not ("values" in p and len(probs) == len(p["values"]) and math.isclose(sum(probs), 1.0, abs_tol=1e-6)):
             raise ConfigError(
                 f"{where}: parameter {key!r}: 'probabilities' must be one weight >= 0 per value, summing to 1"
             )
     if "value" not in p and "values" not in p:
-        lo, hi = p["min"], p["max"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) or lo > hi:
+        lo = _typed(where, p["min"], float, f"parameters.{key}.min")
+        hi = _typed(where, p["max"], float, f"parameters.{key}.max")
+        if lo > hi:
             raise ConfigError(f"{where}: parameter {key!r}: 'min' and 'max' must be numbers with min <= max")
         if p.get("distribution") == "log_uniform_values" and lo <= 0:
             raise ConfigError(f"{where}: parameter {key!r}: log_uniform_values needs min > 0, got {lo!r}")
@@ -170,15 +175,12 @@ def load_spec(spec: str | Path | dict[str, Any], *, validate: bool = True) -> Sw
         if method == "grid" and "value" not in p and "values" not in p:
             raise ConfigError(f"{where}: parameter {key!r}: a grid sweep needs 'value' or 'values'")
     run_cap = data.get("run_cap")
-    if method == "random" and not (isinstance(run_cap, int) and run_cap > 0):
+    if method == "random" and run_cap is None:
         raise ConfigError(f"{where}: a random sweep needs run_cap: N (the number of trials)")
+    if run_cap is not None:
+        run_cap = _typed(where, run_cap, Count, "run_cap")
     sweep = SweepSpec(str(data.get("name", Path(where).stem)), method, params, run_cap, data)
     if validate:
         for cfg in sweep.trials():
-            validate_trial(cfg)
+            cfg.validate()  # every name resolved and every parameter typed before anything runs
     return sweep
-
-
-def validate_trial(cfg: TrialConfig) -> None:
-    """Resolve every name and build every component of a trial, without running it."""
-    cfg.validate()

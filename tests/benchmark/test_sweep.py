@@ -34,7 +34,7 @@ def spec(**parameters) -> dict:
     [
         ({**spec(), "paramters": {}}, ConfigError, "unknown top-level key 'paramters'"),
         (spec(sigma={"value": 0.1}), ConfigError, "unknown parameter key 'sigma'"),
-        (spec(**{"defense_params.sigma": {"value": "abc"}}), ConfigError, "'sigma'"),
+        (spec(**{"defense_params.sigma": {"value": "abc"}}), ConfigError, "defense_params.sigma: expected a number"),
         (spec(**{"defense_params.sigmaa": {"value": 0.1}}), ConfigError, "'sigmaa'"),
         (spec(defense={"values": ["gaussian", "gausian"]}), UnknownNameError, "'gausian'"),
         (spec(attack={"value": "dlgg"}), UnknownNameError, "'dlgg'"),
