@@ -113,11 +113,16 @@ def require_trust(defense: DefenseInfo, trust_code: bool) -> CodeSource:
     """The defense's :class:`CodeSource`, if it may run: built in, or allowed by ``trust_code``.
 
     Raises:
-        UntrustedCodeError: third-party code without ``trust_code``, or a source that is not installed.
+        UntrustedCodeError: third-party code without ``trust_code``, a source that is not installed, or an
+            entry point whose installed distribution or version is not the entry's.
     """
     source = code_source(defense)
     if source.kind == "unknown":
         raise UntrustedCodeError(f"{source.describe()}; install the package that provides it")
+    if source.kind == "entry_point" and source.problem:  # another version would re-run other code
+        raise UntrustedCodeError(
+            f"{source.describe()}: {source.problem}; install {defense.package}=={defense.package_version} to verify"
+        )
     if not source.trusted and not trust_code:
         raise UntrustedCodeError(
             f"re-running this entry would import third-party code: {source.describe()}; "

@@ -118,6 +118,38 @@ def test_trust_code_names_the_package_before_running_it(lb_root, synthetic_entry
     assert ran == [sample_victims(8, 2, seed=1)]
 
 
+@pytest.mark.parametrize(
+    ("version", "trust", "expected"),
+    [
+        ("1.0", False, "entry point 'clip' -> mypkg.defenses:Clip (mypkg 1.0); read that code, then allow it with "
+                       "--trust-code"),
+        ("0.9", True, "the entry names mypkg 0.9 (entry_point), but the installed entry point comes from mypkg 1.0; "
+                      "install mypkg==0.9 to verify"),
+    ],
+)  # fmt: skip
+def test_an_installed_entry_point_needs_consent_and_the_entrys_version(
+    lb_root, synthetic_entry, monkeypatch, capsys, version, trust, expected
+):
+    from types import SimpleNamespace
+
+    from dglbench.leaderboard import trust as trust_module
+
+    path = _forge(lb_root, synthetic_entry, "clip", {"bound": 1.0})
+    data = json.loads(path.read_text())
+    data["defense"].update(source="entry_point", package="mypkg", package_version=version)
+    path.write_text(json.dumps(data))
+    installed = SimpleNamespace(
+        name="clip", value="mypkg.defenses:Clip", dist=SimpleNamespace(name="mypkg", version="1.0")
+    )
+    monkeypatch.setattr(trust_module, "_entry_point", lambda name: installed if name == "clip" else None)
+    monkeypatch.setattr(verify, "_rerun", lambda *a, **k: pytest.fail("third-party code was run"))
+    capsys.readouterr()
+    args = ["leaderboard", "verify", str(path), "--root", str(lb_root), "--all"] + (["--trust-code"] if trust else [])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(expected), err
+
+
 def test_a_builtin_name_cannot_front_for_other_code(lb_root, synthetic_entry):
     _, path, _ = synthetic_entry(lb_root, "gaussian", {"sigma": 0.01})
     data = json.loads(path.read_text())
