@@ -16,15 +16,15 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, object]:
-    """``["sigma=0.1", "ranks=top"]`` → ``{"sigma": 0.1, "ranks": "top"}`` (values parsed as YAML scalars)."""
-    import yaml
+    """``["sigma=0.1", "ranks=top"]`` → ``{"sigma": 0.1, "ranks": "top"}`` (:func:`dglbench.params.parse_cli_value`)."""
+    from dglbench.params import parse_cli_value
 
     out: dict[str, object] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"parameter {pair!r} must look like key=value, e.g. --param sigma=0.01")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value else ""
+        out[key.strip()] = parse_cli_value(value)
     return out
 
 
@@ -90,8 +90,12 @@ def load_config_file(path: str) -> dict[str, object]:
 
 
 def _overrides(extra: Sequence[str]) -> dict[str, object]:
-    """``--key=value`` / ``--key value`` pairs (as W&B agents pass them) → dotted-key overrides."""
-    import yaml
+    """``--key=value`` / ``--key value`` pairs (as W&B agents pass them) → dotted-key overrides.
+
+    Each value is parsed once, here, as a YAML scalar (:func:`dglbench.params.parse_cli_value`): the
+    command line is the one place where text becomes numbers.
+    """
+    from dglbench.params import parse_cli_value
 
     out: dict[str, object] = {}
     items = list(extra)
@@ -104,7 +108,7 @@ def _overrides(extra: Sequence[str]) -> dict[str, object]:
             if not items:
                 raise ConfigError(f"override --{key} has no value")
             value = items.pop(0)
-        out[key.replace("-", "_") if "." not in key else key] = yaml.safe_load(value)
+        out[key.replace("-", "_") if "." not in key else key] = parse_cli_value(value)
     return out
 
 

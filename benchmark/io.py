@@ -69,9 +69,10 @@ def load_yaml_mapping(path: str | os.PathLike[str], what: str, *, allow_empty: b
     """
     import yaml
     from dglbench.errors import ConfigError
+    from dglbench.params import YamlLoader
 
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    try:  # YAML 1.2 numbers: `cg_tol: 1e-4` is a number (PyYAML's safe loader reads it as a string)
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=YamlLoader)  # noqa: S506 (a safe loader)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
