@@ -7,10 +7,13 @@ Every user error (bad config, unknown name, missing data, corrupt file) is print
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from dglbench.errors import ConfigError, DglbenchError
+from dglbench.errors import ConfigError, DataNotFoundError, DglbenchError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -83,10 +86,14 @@ def _cmd_zoo(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------ runs
 def load_config_file(path: str) -> dict[str, object]:
-    """A YAML/JSON trial config file as a dict; a missing or malformed file is one clear line."""
+    """A YAML/JSON trial config file as a dict; a missing, malformed, non-UTF-8 or empty file is one clear line.
+
+    An empty file is an error, not the defaults: a config that says nothing is more likely a mistake (a
+    file truncated, the wrong path) than a request for the paper's settings, which take minutes to run.
+    """
     from dglbench.io import load_yaml_mapping
 
-    return load_yaml_mapping(path, "config", allow_empty=True)
+    return load_yaml_mapping(path, "config")
 
 
 def _overrides(extra: Sequence[str]) -> dict[str, object]:
@@ -139,11 +146,15 @@ def _print_records(records: list[dict[str, object]]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
+    from dglbench.hardware import check_hardware
+    from dglbench.io import check_output_dir
     from dglbench.runner import run_trial
     from dglbench.trial import TrialConfig
 
     base = load_config_file(args.config) if args.config else {}
     config = TrialConfig.from_dict(base).with_overrides(_overrides(args.overrides))
+    check_hardware(args.devices, args.accelerator, args.num_nodes)
+    check_output_dir(args.out)
     logger = _make_logger(args.logger, args.out, config)
     records = run_trial(config, devices=args.devices, accelerator=args.accelerator, output_dir=args.out,
                         num_nodes=args.num_nodes,
@@ -243,14 +254,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     try:
+        _check_leaderboard_root(args)
         code = args.handler(args)
+        sys.stdout.flush()
     except DglbenchError as exc:
-        print(f"dglbench: error: {exc}", file=sys.stderr)
+        print(f"dglbench: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("dglbench: interrupted; finished results are kept, re-run to resume", file=sys.stderr)
+        print("dglbench: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dglbench models | head`: the reader left; stop quietly, as a killed `cat` would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        return 128 + signal.SIGPIPE
     return int(code or 0)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's message on one line (a message quoting a file's text may hold newlines)."""
+    return " ".join(str(exc).split("\n")).strip() or type(exc).__name__
+
+
+def _check_leaderboard_root(args: argparse.Namespace) -> None:
+    """A ``leaderboard`` command reading from ``--root`` needs that folder (submit may write a new one)."""
+    root = getattr(args, "root", None)
+    if args.command != "leaderboard" or root is None or getattr(args, "leaderboard_command", "") == "submit":
+        return
+    if not Path(root).is_dir():
+        raise DataNotFoundError(
+            f"leaderboard folder {root} does not exist; pass --root the folder holding v1/, v2/ "
+            "(leave it out for the shipped leaderboards/)"
+        )
 
 
 if __name__ == "__main__":

@@ -25,25 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dglbench.checks import check_model_accepts, is_valid_record, set_aside_invalid
 from dglbench.errors import ConfigError, DglbenchError
-from dglbench.io import atomic_write_json
+from dglbench.hardware import check_hardware, is_global_zero
+from dglbench.io import atomic_write_json, check_output_dir
 from dglbench.trial import TrialConfig
 
 __all__ = ["run_trial", "record_path", "load_trial_records", "make_trainer", "is_global_zero"]
-
-
-def is_global_zero() -> bool:
-    """Whether this process is rank 0 (always true outside DDP).
-
-    Under Lightning's default ``ddp`` launcher every rank re-runs the whole command, so code after a
-    trial (merging, cleaning up, printing, reports) must run on rank 0 only.
-    """
-    import torch.distributed as dist
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return getattr(rank_zero_only, "rank", 0) == 0  # from RANK / LOCAL_RANK, set by the launcher before start-up
 
 
 def record_path(output_dir: str | Path, config: TrialConfig) -> Path:
@@ -70,6 +58,7 @@ def make_trainer(devices: int, accelerator: str, progress: bool, callbacks: list
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*")
+    check_hardware(devices, accelerator, kw.get("num_nodes", 1))
     strategy = kw.pop("strategy", None) or ("ddp" if devices > 1 or kw.get("num_nodes", 1) > 1 else "auto")
     return pl.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, inference_mode=False, logger=logger,
@@ -107,7 +96,9 @@ def run_trial(
     """
     config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
     config.validate()  # unknown names and bad parameters fail here, before anything is written
+    check_hardware(devices, accelerator, num_nodes)
     if output_dir is not None:
+        check_output_dir(output_dir)
         return _run_trial(config, Path(output_dir), devices, accelerator, progress, logger, strategy, num_nodes)
     if devices != 1 or num_nodes != 1:
         raise ConfigError("a trial on several devices needs an output_dir that every rank can write to")
@@ -133,17 +124,29 @@ def _run_trial(
         # threads on 2 cores). Set OMP_NUM_THREADS to choose another number.
         torch.set_num_threads(1)
     final = record_path(out, config)
-    if final.exists():
+    if is_valid_record(final):
         return load_trial_records(final)["victims"]
     parts = out / "parts" / config.trial_id
     dm = create_datamodule(config.dataset, **{"victims_per_step": config.victims_per_step, **config.dataset_params})
-    if isinstance(devices, int) and dm.num_victims < devices * num_nodes:  # fail once here, not on every rank
+    if dm.num_victims < devices * num_nodes:  # fail once here, not on every rank
         raise ConfigError(f"{dm.name}: num_victims={dm.num_victims} < {devices * num_nodes} processes; add victims")
+    if not dm.download:  # load the victims now: a missing or corrupt dataset fails before anything is written
+        dm.setup("predict")  # (idempotent: the Trainer's own setup reuses them; downloads wait for prepare_data)
+    check_model_accepts(config, dm.num_classes, dm.image_shape)  # one forward pass, before any victim runs
+    if is_global_zero():  # a record cut short by a kill, or edited by hand, is re-run, not counted as done
+        set_aside_invalid(final)
+        for path in sorted(Path(parts).glob("victim-*.json")):
+            set_aside_invalid(path)
     module = LeakageModule(config, records_dir=str(parts))
     trainer = make_trainer(
         devices, accelerator, progress, [RecordWriter(parts)], logger=logger, strategy=strategy, num_nodes=num_nodes
     )
-    trainer.predict(module, datamodule=dm, return_predictions=False)
+    try:
+        trainer.predict(module, datamodule=dm, return_predictions=False)
+    except SystemExit as exc:  # Lightning turns Ctrl-C into a graceful shutdown and exit(1): say what it was
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise DglbenchError(f"trial {config.trial_id} stopped (exit status {exc.code}); re-run to resume") from None
     trainer.strategy.barrier()
     if trainer.global_rank != 0:
         return []

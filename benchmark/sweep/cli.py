@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dglbench.runner import is_global_zero
+from dglbench.errors import ConfigError
+from dglbench.hardware import is_global_zero
 
 DEMO_SPEC = "demo"
 
@@ -21,10 +22,14 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
             print(f"{path.stem:28s} {load_yaml_mapping(path, 'sweep spec').get('description', '')}")
         return
     if args.sweep_command == "run":
+        from dglbench.hardware import check_hardware
         from dglbench.sweep.runner import run_sweep
 
+        _check_bootstrap(args.bootstrap)
+        check_hardware(args.devices, args.accelerator, args.num_nodes)
         res = run_sweep(args.spec, args.out, devices=args.devices, accelerator=args.accelerator,
-                        progress=not args.quiet, max_trials=args.max_trials, num_nodes=args.num_nodes)  # fmt: skip
+                        progress=not args.quiet, max_trials=args.max_trials, num_nodes=args.num_nodes,
+                        force=args.force)  # fmt: skip
         if not is_global_zero():  # under DDP every rank runs the sweep; rank 0 reports
             return
         print(f"sweep: {res.trials} trials, {res.ran} ran, {res.skipped} already done, "
@@ -35,9 +40,18 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     _report(args.dir, args.bootstrap)
 
 
+def _check_bootstrap(bootstrap: int) -> None:
+    if bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be >= 0 (resamples for the 95% intervals; 0: none), got {bootstrap}")
+
+
 def _report(folder: str | Path, bootstrap: int) -> dict[str, Any]:
+    from dglbench.checks import validate_record_file
     from dglbench.sweep.report import write_report
 
+    _check_bootstrap(bootstrap)
+    for path in sorted((Path(folder) / "records").glob("*.json")):  # a bad file is one line naming it, first
+        validate_record_file(path)
     rep = write_report(folder, bootstrap=bootstrap)
     print(rep["markdown"])
     print()
@@ -47,8 +61,10 @@ def _report(folder: str | Path, bootstrap: int) -> dict[str, Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    from dglbench.hardware import check_hardware
     from dglbench.sweep.runner import run_sweep
 
+    check_hardware(args.devices, "cpu")
     start = time.perf_counter()
     if is_global_zero():  # a DDP launcher re-runs this command on the other ranks
         print(f"dglbench demo: experiment 1 (Gaussian noise, I2F vs attack error) on embedded digits -> {args.out}")
@@ -72,11 +88,12 @@ def register(add: Any) -> None:
     r.add_argument("--accelerator", default="cpu")
     r.add_argument("--max-trials", type=int, default=None, help="stop after this many new trials")
     r.add_argument("--no-report", action="store_true")
-    r.add_argument("--bootstrap", type=int, default=1000)
+    r.add_argument("--force", action="store_true", help="run a different spec into a folder that holds another sweep")
+    r.add_argument("--bootstrap", type=int, default=1000, help="resamples for 95%% intervals (0: no intervals)")
     r.add_argument("--quiet", action="store_true")
     rep = sub.add_parser("report", help="correlation tables (Markdown, CSV, LaTeX) and plots of a sweep folder")
     rep.add_argument("dir")
-    rep.add_argument("--bootstrap", type=int, default=1000)
+    rep.add_argument("--bootstrap", type=int, default=1000, help="resamples for 95%% intervals (0: no intervals)")
     sub.add_parser("list", help="the shipped sweep specs")
     d = add("demo", _cmd_demo, "the main job on embedded data: experiment 1, correlation table and plots")
     d.add_argument("--out", default="demo_output")

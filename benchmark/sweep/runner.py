@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dglbench.io import atomic_write_json, atomic_write_text
+from dglbench.checks import is_valid_record, set_aside_invalid
+from dglbench.io import atomic_write_json, atomic_write_text, check_output_dir
 from dglbench.runner import is_global_zero, record_path, run_trial
+from dglbench.sweep.guard import FolderLock, check_same_spec
 from dglbench.sweep.spec import SweepSpec, load_spec
 from tqdm.auto import tqdm
 
@@ -45,8 +47,13 @@ def run_sweep(
     progress: bool = True,
     max_trials: int | None = None,
     num_nodes: int = 1,
+    force: bool = False,
 ) -> SweepResult:
-    """Run every trial of ``spec`` that has no record file in ``out_dir`` yet.
+    """Run every trial of ``spec`` that has no valid record file in ``out_dir`` yet.
+
+    The folder is locked while the sweep runs (a second sweep into it stops with one line naming the
+    pid that holds it; a lock left by a dead process is taken over). A record file that cannot be read
+    back is moved aside (``*.invalid``) with a warning and its trial re-run.
 
     Args:
         spec: a spec path, shipped spec name, dict, or parsed :class:`SweepSpec`.
@@ -54,12 +61,34 @@ def run_sweep(
         devices / accelerator: Lightning devices for each trial (victims are sharded across them).
         progress: a progress bar over trials.
         max_trials: stop after running this many trials (for smoke runs; the rest stay pending).
+        force: run a spec other than the one the folder already holds (its spec.yaml and sweep.json are
+            replaced; the report then covers both sweeps' records).
     """
     sweep = spec if isinstance(spec, SweepSpec) else load_spec(spec)
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
+    lock = FolderLock(out)
+    if is_global_zero():  # the other DDP ranks are this sweep's own helpers
+        lock.acquire()
+    try:
+        check_same_spec(out / "spec.yaml", sweep.source, force)
+        return _run_sweep(sweep, out, devices, accelerator, progress, max_trials, num_nodes, force)
+    finally:
+        lock.release()
+
+
+def _run_sweep(
+    sweep: SweepSpec,
+    out: Path,
+    devices: int,
+    accelerator: str,
+    progress: bool,
+    max_trials: int | None,
+    num_nodes: int,
+    force: bool,
+) -> SweepResult:
     trials = sweep.trials()
     spec_copy = out / "spec.yaml"
-    if not spec_copy.exists():
+    if force or not spec_copy.exists():
         atomic_write_text(spec_copy, yaml.safe_dump(sweep.source, sort_keys=False))
     atomic_write_json(
         out / "sweep.json",
@@ -72,7 +101,9 @@ def run_sweep(
     ran = skipped = failed = 0
     bar = tqdm(trials, desc=f"sweep {sweep.name}", unit="trial", disable=not (progress and is_global_zero()))
     for cfg in bar:
-        if record_path(out, cfg).exists():
+        if is_global_zero():  # a record cut short or edited by hand is not done: moved aside, re-run
+            set_aside_invalid(record_path(out, cfg))
+        if is_valid_record(record_path(out, cfg)):
             skipped += 1
             if is_global_zero():  # a run killed between the record and the clean-up leaves part files
                 shutil.rmtree(out / "parts" / cfg.trial_id, ignore_errors=True)

@@ -48,8 +48,8 @@ BAD_INPUT = {
     "unknown defense": (["run", "--defense=nope", *TINY], "unknown defense 'nope'"),
     "unknown trial key": (["run", "--sigma=0.1", *TINY], "unknown trial key 'sigma'"),
     "unknown case key": (["run", "--case.label=given", *TINY], "unknown case key 'label'"),
-    "bad value": (["run", "--defense=gaussian", "--defense_params.sigma=abc", *TINY], "'sigma'"),
-    "bad type": (["run", "--seed=zero", *TINY], "seed must be int"),
+    "bad value": (["run", "--defense=gaussian", "--defense_params.sigma=abc", *TINY], "defense_params.sigma"),
+    "bad type": (["run", "--seed=zero", *TINY], "seed: expected an integer"),
     "missing config": (["run", "--config", "missing.yaml"], "cannot read config missing.yaml"),
     "malformed YAML": (["run", "--config", "bad.yaml"], "is not valid YAML"),
     "config not a mapping": (["run", "--config", "list.yaml"], "must be a mapping"),
@@ -62,6 +62,10 @@ BAD_INPUT = {
     "unknown sweep spec": (["sweep", "run", "no_such_spec", "--out", "sw"], "no sweep spec 'no_such_spec'"),
     "bad sweep spec": (["sweep", "run", "bad.yaml", "--out", "sw"], "is not valid YAML"),
     "empty sweep folder": (["sweep", "report", "."], "no trial records"),
+    "empty config": (["run", "--config", "empty.yaml"], "config empty.yaml is empty"),
+    "no devices": (["run", "--devices", "0", *TINY], "--devices must be an integer >= 1"),
+    "unknown accelerator": (["run", "--accelerator", "tpux", *TINY], "unknown accelerator 'tpux'"),
+    "negative bootstrap": (["sweep", "report", ".", "--bootstrap", "-5"], "--bootstrap must be >= 0"),
 }
 
 
@@ -69,6 +73,7 @@ BAD_INPUT = {
 def bad_files(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("defense: [gaussian\nseed: 1\n")
     (tmp_path / "list.yaml").write_text("- 1\n")
+    (tmp_path / "empty.yaml").write_text("")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -91,7 +96,7 @@ def test_bad_input_is_one_line_and_exit_status_2(bad_files, capsys, case):
     captured = capsys.readouterr()
     check_one_error_line(case, captured.err)
     assert captured.out == ""
-    assert sorted(p.name for p in bad_files.iterdir()) == ["bad.yaml", "list.yaml"]  # nothing was written
+    assert sorted(p.name for p in bad_files.iterdir()) == ["bad.yaml", "empty.yaml", "list.yaml"]  # nothing written
 
 
 def test_bad_input_from_the_installed_command(bad_files):
