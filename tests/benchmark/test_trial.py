@@ -1,7 +1,9 @@
 """TrialConfig: strict parsing, stable ids, dotted overrides."""
 
+import hashlib
 import json
 
+import dglbench
 import pytest
 from dglbench.errors import ConfigError, DglbenchError, UnknownNameError
 from dglbench.trial import TrialConfig
@@ -75,7 +77,10 @@ def test_trial_id_is_stable_across_round_trips_and_key_order():
     )
     assert cfg == via_json == reordered
     assert cfg.trial_id == via_json.trial_id == reordered.trial_id
-    assert len(cfg.trial_id) == 16 and int(cfg.trial_id, 16) >= 0
+    # the id is the first 16 hex digits of the SHA-256 of the canonical JSON (sorted keys) of the config and version
+    blob = json.dumps({"config": cfg.to_dict(), "version": dglbench.__version__}, sort_keys=True)
+    assert cfg.trial_id == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    assert all(cfg.to_dict()[k] == (list(v) if k == "eps" else v) for k, v in EXAMPLE.items())
     # a fresh object from the same dict, and a to_dict -> from_dict -> to_dict fixed point
     assert TrialConfig.from_dict(EXAMPLE).trial_id == cfg.trial_id
     assert via_json.to_dict() == cfg.to_dict()
@@ -96,6 +101,26 @@ def test_trial_id_is_stable_across_round_trips_and_key_order():
 )
 def test_trial_id_differs_for_different_configs(change):
     assert TrialConfig.from_dict({**EXAMPLE, **change}).trial_id != TrialConfig.from_dict(EXAMPLE).trial_id
+
+
+def test_changing_any_one_setting_changes_the_id():
+    base = TrialConfig.from_dict(EXAMPLE)
+    changes = {
+        "init": "xavier_uniform", "init_seed": 1, "estimate": False, "lower_bound_tol": 1e-2, "cg_tol": 1e-3,
+        "cg_max_iter": 301, "seed": 1, "victims_per_step": 3, "lpips": True, "dtype": "float64",
+        "model_params": {"drop_rate": 0.0}, "attack_params": {"max_iterations": 51, "lr": 0.1},
+    }  # fmt: skip
+    ids = {base.trial_id}
+    for key, value in changes.items():
+        ids.add(TrialConfig.from_dict({**EXAMPLE, key: value}).trial_id)
+    assert len(ids) == len(changes) + 1  # every change gives its own id
+
+
+def test_quoted_numbers_never_make_a_second_trial():
+    with pytest.raises(ConfigError, match="^cg_tol: expected a number > 0, got str '1e-3'; write 1e-3 without quotes$"):
+        TrialConfig.from_dict({**EXAMPLE, "cg_tol": "1e-3"})
+    with pytest.raises(ConfigError, match="^defense_params.sigma: expected a number in"):
+        TrialConfig.from_dict({**EXAMPLE, "defense_params": {"sigma": "0.01"}}).validate()
 
 
 def test_with_overrides_dotted_keys():
