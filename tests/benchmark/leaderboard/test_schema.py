@@ -187,7 +187,8 @@ def test_stored_tracks_load_and_content_hash_ignores_formatting(lb_root):
     [
         (lambda d: d.update(colour="red"), "colour: unknown key"),
         (lambda d: d["utility"].update(rounds="100"), "utility.rounds: expected an integer"),
-        (lambda d: d["estimate"].update(cg_tol="1e-4"), "estimate.cg_tol: expected a number"),
+        # a quoted number is a string ("1e-4" unquoted is a YAML 1.2 number, so the test quotes 0.0001)
+        (lambda d: d["estimate"].update(cg_tol="0.0001"), "estimate.cg_tol: expected a number"),
         (lambda d: d.pop("ranking"), "ranking: missing"),
         (lambda d: d["ranking"].update(metric="lpips_vgg"), "ranking.metric 'lpips_vgg' is not a track metric"),
         (lambda d: d["ranking"].update(attack="fgsm"), "ranking.attack 'fgsm'"),
