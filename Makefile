@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: help install demo test test-fast lint bench lock clean
+.PHONY: help install demo test test-fast lint bench bench-gpu lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -33,6 +33,9 @@ lint: $(STAMP)  ## ruff
 
 bench: $(STAMP)  ## run the benchmarks and write BENCHMARKS.md
 	$(BIN)/python -m dglbench.bench
+
+bench-gpu: $(STAMP)  ## on a machine with a GPU: the GPU rows of BENCHMARKS.md (about 5 minutes; CPU: add ARGS=--quick)
+	$(BIN)/python -m dglbench.bench_gpu $(ARGS)
 
 lock: $(STAMP)  ## write constraints.txt: the exact versions of a reproducible benchmark run
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
