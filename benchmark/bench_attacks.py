@@ -166,10 +166,10 @@ def bench_recovery(*, victims: int = 4) -> list[dict[str, Any]]:
         cfg = TrialConfig(attack=attack, attack_params=params, dataset_params={"num_victims": victims},
                           victims_per_step=victims, lpips=False)  # fmt: skip
         recs = run_trial(cfg, progress=False)
-        ok = [r for r in recs if r["status"] == "ok"]
-        psnr = [r["metrics"]["psnr"] for r in ok if r["metrics"]["psnr"] is not None]
-        attack_s = statistics.median(r["seconds"]["attack"] for r in ok)
-        i2f_s = statistics.median(r["seconds"]["i2f"] for r in ok)
+        ok = [r for r in recs if r.ok]
+        psnr = [r.metric("psnr") for r in ok if r.metric("psnr") is not None]
+        attack_s = statistics.median(r.timings.attack for r in ok)
+        i2f_s = statistics.median(r.timings.i2f for r in ok)
         rows.append({
             "attack": attack, "params": params, "victims": len(recs), "failed": len(recs) - len(ok),
             "psnr_min": min(psnr), "psnr_median": statistics.median(psnr), "attack_s": attack_s, "i2f_s": i2f_s,

@@ -12,8 +12,12 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dglbench.errors import ConfigError, DataNotFoundError, DglbenchError
+
+if TYPE_CHECKING:
+    from dglbench.record import VictimRecord
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -119,25 +123,25 @@ def _overrides(extra: Sequence[str]) -> dict[str, object]:
     return out
 
 
-def _summary_rows(records: list[dict[str, object]]) -> list[dict[str, object]]:
+def _summary_rows(records: list[VictimRecord]) -> list[dict[str, object]]:
     rows = []
     for r in records:
-        i2f_ = r.get("i2f") or {}
-        met = r.get("metrics") or {}
-        row: dict[str, object] = {"victim": r["victim_id"], "status": r["status"]}
-        if i2f_:
-            row.update({"JtDelta": i2f_.get("jt_delta"), "MaxEigenValue": i2f_.get("max_eigenvalue"),
-                        "I2F_lb": i2f_.get("lower_bound")})  # fmt: skip
-            row.update({f"I2F(eps={k})": v for k, v in (i2f_.get("exact") or {}).items()})
-        if met:
-            row.update({"||x^-x||": met.get("l2_error"), "PSNR": met.get("psnr"), "SSIM": met.get("ssim")})
-        if r["status"] != "ok":
-            row["reason"] = r.get("reason")
+        row: dict[str, object] = {"victim": r.victim_id, "status": r.status}
+        est = r.estimate
+        if est is not None:
+            row.update({"JtDelta": est.jt_delta, "MaxEigenValue": est.max_eigenvalue, "I2F_lb": est.lower_bound})
+            row.update({f"I2F(eps={k})": v for k, v in est.exact.items()})
+        if r.metrics:
+            row.update({"||x^-x||": r.metric("l2_error"), "PSNR": r.metric("psnr"), "SSIM": r.metric("ssim")})
+            if len(r.attacks) > 1:  # the worst case over the suite: name the attack each number came from
+                row["worst of"] = ",".join(sorted({r.worst.source.get(m, "") for m in ("l2_error", "psnr")} - {""}))
+        if not r.ok:
+            row["reason"] = r.reason
         rows.append(row)
     return rows
 
 
-def _print_records(records: list[dict[str, object]]) -> None:
+def _print_records(records: list[VictimRecord]) -> None:
     rows = _summary_rows(records)
     columns: list[str] = []
     for row in rows:

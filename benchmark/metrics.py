@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +49,9 @@ from torch import Tensor
 __all__ = [
     "IMAGE_METRICS",
     "LPIPS_MIN_SIZE",
+    "METRICS",
     "LpipsScorer",
+    "MetricInfo",
     "ReconstructionMetrics",
     "correlation",
     "pair_reconstructions",
@@ -64,6 +66,64 @@ LPIPS_NETS = {
 }
 LPIPS_MIN_SIZE = 64
 IMAGE_METRICS = ("mse", "rmse", "l2_error", "psnr", "ssim", "lpips_alex", "lpips_vgg", "lpips_squeeze")
+
+
+# ------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a reader needs to know about a reconstruction metric, declared once.
+
+    Attributes:
+        name: the key in records (``psnr``).
+        label: how tables and axes name it (``PSNR (dB)``).
+        higher_is_better: a higher value is a better reconstruction, so more leakage (torchmetrics' flag,
+            seen from the attacker): the worst case over an attack suite takes the max of such a metric,
+            the min of the others.
+        scale: ``"log"`` for errors spanning decades (plot axes, Pearson on log values), else ``"linear"``.
+        floor: the record holds its chance floors (the same metric for the data set's mean image and a
+            uniformly random image).
+
+    Example:
+        >>> METRICS["psnr"].higher_is_better, METRICS["l2_error"].scale
+        (True, 'log')
+        >>> METRICS["lpips_alex"].best([0.4, 0.1, None])
+        0.1
+    """
+
+    name: str
+    label: str
+    higher_is_better: bool
+    scale: Literal["log", "linear"]
+    floor: bool = True
+
+    def best(self, values: Sequence[float | None]) -> float | None:
+        """The value best for the attacker among ``values`` (``None`` and NaN skipped; ``None`` if none is left)."""
+        finite = [v for v in values if v is not None and v == v]
+        if not finite:
+            return None
+        return max(finite) if self.higher_is_better else min(finite)
+
+    def leak(self, value: float) -> float:
+        """``value`` oriented so that larger always means more leakage."""
+        return value if self.higher_is_better else -value
+
+
+#: Every reconstruction metric a record can hold, by name (read by reports, plots, tracks and pages).
+METRICS: dict[str, MetricInfo] = {
+    m.name: m
+    for m in (
+        MetricInfo("l2_error", "l2 error", higher_is_better=False, scale="log"),
+        MetricInfo("rmse", "RMSE", higher_is_better=False, scale="log"),
+        MetricInfo("mse", "MSE", higher_is_better=False, scale="log"),
+        MetricInfo("psnr", "PSNR (dB)", higher_is_better=True, scale="linear"),
+        MetricInfo("ssim", "SSIM", higher_is_better=True, scale="linear"),
+        MetricInfo("lpips_alex", "LPIPS (Alex)", higher_is_better=False, scale="log"),
+        MetricInfo("lpips_vgg", "LPIPS (VGG)", higher_is_better=False, scale="log"),
+        MetricInfo("lpips_squeeze", "LPIPS (Squeeze)", higher_is_better=False, scale="log"),
+        MetricInfo("label_accuracy", "label acc.", higher_is_better=True, scale="linear", floor=False),
+        MetricInfo("label_accuracy_paired", "paired label acc.", higher_is_better=True, scale="linear", floor=False),
+    )
+}
 
 
 # ------------------------------------------------------------------------------------------------ LPIPS
@@ -292,6 +352,21 @@ class ReconstructionMetrics:
         out = asdict(self)
         out["assignment"] = list(self.assignment)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReconstructionMetrics:
+        """Inverse of :meth:`to_dict` (a stored ``null`` stays ``None``; keys it does not know are an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown reconstruction metric {unknown[0]!r}")
+        values = {k: data.get(k) for k in known if k in data}
+        values["assignment"] = tuple(int(i) for i in data.get("assignment") or ())
+        for key in ("per_image", "floors", "unavailable"):
+            values[key] = dict(data.get(key) or {})
+        for key in known - set(values):
+            values[key] = None
+        return cls(**values)
 
 
 def _label_accuracies(

@@ -1,4 +1,4 @@
-"""LightningModules: defense → I2F → attack → metrics per victim batch, one record per victim.
+"""LightningModules: defense → I2F → attack suite → metrics per victim batch, one record per victim.
 
 The algorithms are plain functions and classes (:mod:`dglbench.influence`,
 :mod:`dglbench.attacks`, :mod:`dglbench.defenses`, :mod:`dglbench.metrics`); this module only
@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -30,11 +31,22 @@ from dglbench.case import DefenseContext, make_payload
 from dglbench.errors import ConfigError, DglbenchError
 from dglbench.influence import estimate_i2f
 from dglbench.io import atomic_write_json
-from dglbench.trial import SCHEMA_VERSION, TrialConfig
+from dglbench.layout import TrialLayout
+from dglbench.metrics import METRICS
+from dglbench.record import AttackOutcome, Estimate, Timings, VictimRecord, jsonable, worst_case
+from dglbench.trial import TrialConfig
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
-__all__ = ["LeakageModule", "RecordWriter", "build_victim_model", "log_record", "provenance"]
+__all__ = [
+    "LeakageModule",
+    "RecordWriter",
+    "SuiteAttack",
+    "attack_suite",
+    "build_victim_model",
+    "log_record",
+    "provenance",
+]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -108,8 +120,78 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+@dataclass
+class _Victim:
+    """One victim in flight: its tensors and the parts of its record as the stages fill them in."""
+
+    victim_id: int
+    images: Tensor
+    labels: Tensor
+    indices: list[int]
+    start: float
+    clean: Tensor | None = None
+    defended: Tensor | None = None
+    status: str = "ok"
+    reason: str | None = None
+    estimate: Estimate | None = None
+    outcomes: list[AttackOutcome] = field(default_factory=list)
+    utility: dict[str, Any] | None = None
+    defense: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("defense", "i2f", "attack", "metrics"), 0.0)
+    )
+
+    def fail(self, stage: str, exc: BaseException) -> None:
+        self.status, self.reason = "failed", f"{stage}: {_reason(exc)}"
+
+
+@dataclass(frozen=True)
+class SuiteAttack:
+    """One attack of a trial's suite, built: its key in the record, settings, and whether the defense declared it."""
+
+    key: str
+    name: str
+    params: dict[str, Any]
+    adaptive: bool
+    attack: Any
+
+
+def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
+    """The trial's attacks, then (with ``config.adaptive``) the adaptive attacks ``defense`` declares.
+
+    An adaptive attack gets the suite's budget (``max_iterations``, ``restarts`` of the first listed
+    attack, where it takes them) overridden by the defense's mechanism parameters. Keys are the attack
+    names, ``name#2``, ``name#3``... when a name repeats.
+    """
+    import dataclasses as dc
+
+    from dglbench.attacks import ATTACKS, create_attack
+    from dglbench.defenses.base import adaptive_attacks_for
+
+    specs = [(a["name"], dict(a["params"]), False) for a in config.attacks]
+    if config.adaptive and specs:
+        budget = {k: v for k, v in specs[0][1].items() if k in _BUDGET_KEYS}
+        for name, params in adaptive_attacks_for(defense):
+            cls = ATTACKS.get(name)
+            accepted = {f.name for f in dc.fields(cls)} if dc.is_dataclass(cls) else set(budget)
+            specs.append((name, {**{k: v for k, v in budget.items() if k in accepted}, **params}, True))
+    suite, seen = [], {}
+    for name, params, adaptive in specs:
+        seen[name] = seen.get(name, 0) + 1
+        key = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        suite.append(SuiteAttack(key, name, params, adaptive, create_attack(name, **params)))
+    return suite
+
+
+_BUDGET_KEYS = ("max_iterations", "restarts")
+
+
 class LeakageModule(pl.LightningModule):
     """Runs one trial over the victims of a :class:`~dglbench.datamodules.base.VictimDataModule`.
+
+    Per victim batch: the defense, the I2F estimate, every attack of the suite (the trial's attacks and
+    the defense's adaptive attacks), their metrics, and one :class:`~dglbench.record.VictimRecord` per
+    victim with the suite's worst case.
 
     Args:
         config: the trial (a :class:`~dglbench.trial.TrialConfig` or its dict).
@@ -136,12 +218,11 @@ class LeakageModule(pl.LightningModule):
             raise ConfigError(f"mode must be 'both', 'estimate' or 'attack', got {mode!r}")
         if self.mode != "estimate" and not self.config.attack:
             raise ConfigError(f"mode {self.mode!r} needs an attack, but the trial has attack: null")
-        self.records_dir = Path(records_dir) if records_dir else None
+        self.layout = TrialLayout(Path(records_dir)) if records_dir else None
         self.victim_model: torch.nn.Module | None = None
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
-        from dglbench.attacks import create_attack
         from dglbench.defenses import create_defense
 
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -150,9 +231,7 @@ class LeakageModule(pl.LightningModule):
         self.dm = dm
         self.victim_model = build_victim_model(self.config, dm.num_classes, dm.image_shape)
         self.defense = create_defense(self.config.defense, **self.config.defense_params)
-        self.attack = (
-            create_attack(self.config.attack, **self.config.attack_params) if self.mode != "estimate" else None
-        )
+        self.suite = attack_suite(self.config, self.defense) if self.mode != "estimate" else []
         self.lpips = None
         if self.mode != "estimate" and self.config.lpips:
             from dglbench.metrics import LpipsScorer
@@ -167,95 +246,80 @@ class LeakageModule(pl.LightningModule):
         self.mean_image = self.dm.mean_image().to(self.device, dtype)
 
     # ------------------------------------------------------------------------------------------- steps
-    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> list[VictimRecord]:
         with torch.enable_grad():
             return self.run_victims(batch)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int = 0) -> None:
-        records = self.predict_step(batch, batch_idx)
-        for cb in self.trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(cb, RecordWriter):
-                cb.write_records(self.trainer, records)
-
     def _done(self, victim_id: int) -> bool:
-        return self.records_dir is not None and (self.records_dir / f"victim-{victim_id:06d}.json").exists()
+        return self.layout is not None and self.layout.victim(victim_id).exists()
 
-    def run_victims(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def run_victims(self, batch: dict[str, Any]) -> list[VictimRecord]:
         """Process a batch of ``V`` victims (``images [V, B, C, H, W]``); one record per victim."""
         if not hasattr(self, "box"):
             self._prepare_static()
         dtype = _DTYPES[self.config.dtype]
         ids = [int(v) for v in torch.as_tensor(batch["victim_id"]).reshape(-1)]
-        todo = [i for i, v in enumerate(ids) if not self._done(v)]
-        victims = []
-        for i in todo:
-            victims.append({
-                "victim_id": ids[i], "images": batch["images"][i].to(self.device, dtype),
-                "labels": batch["labels"][i].to(self.device), "indices": batch["indices"][i].tolist(),
-                "record": self._empty_record(ids[i], batch["indices"][i].tolist()),
-                "start": time.perf_counter(),
-            })  # fmt: skip
+        victims = [
+            _Victim(ids[i], batch["images"][i].to(self.device, dtype), batch["labels"][i].to(self.device),
+                    batch["indices"][i].tolist(), time.perf_counter())
+            for i, v in enumerate(ids) if not self._done(v)
+        ]  # fmt: skip
         self._defend(victims)
         if self.mode in ("both", "estimate"):
-            self._estimate([v for v in victims if v["record"]["status"] == "ok"])
+            self._estimate([v for v in victims if v.status == "ok"])
         if self.mode in ("both", "attack"):
-            self._attack([v for v in victims if v["record"]["status"] == "ok"])
-        records = []
-        for v in victims:
-            rec = v["record"]
-            rec["seconds"]["total"] = time.perf_counter() - v["start"]
-            rec["peak_memory_mb"] = _peak_memory_mb(self.device)
-            records.append(rec)
+            self._attack([v for v in victims if v.status == "ok"])
+        records = [self._record(v) for v in victims]
+        for rec in records:
             self._log(rec)
         return records
 
-    # ------------------------------------------------------------------------------------------- stages
-    def _empty_record(self, victim_id: int, indices: list[int]) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION, "trial_id": self.config.trial_id, "victim_id": victim_id,
-            "indices": indices, "protocol": dict(getattr(self.dm, "protocol", {})), "config": self.config.to_dict(),
-            "mode": self.mode, "status": "ok", "reason": None, "i2f": None, "attack": None, "metrics": None,
-            "utility": None, "defense": None,
-            "seconds": {"defense": 0.0, "i2f": 0.0, "attack": 0.0, "metrics": 0.0, "total": 0.0},
-            "peak_memory_mb": None,
-            "provenance": {**provenance(self.device, self.config.dtype), "seeds": {
-                "trial": self.config.seed, "init": self.config.init_seed,
-                "victims": int(self.config.dataset_params.get("seed", 0)),
+    # ------------------------------------------------------------------------------------------- the record
+    def _record(self, v: _Victim) -> VictimRecord:
+        """The one place a :class:`VictimRecord` is built from a finished victim."""
+        status, reason = v.status, v.reason
+        worst = None
+        if self.mode != "estimate" and status == "ok":
+            worst = worst_case(v.outcomes)
+            if worst.status != "ok":
+                status, reason = "failed", v.outcomes[0].reason if len(v.outcomes) == 1 else f"attack: {worst.reason}"
+        timings = Timings(**v.seconds, total=time.perf_counter() - v.start, peak_memory_mb=_peak_memory_mb(self.device))
+        cfg = self.config
+        return VictimRecord(
+            trial_id=cfg.trial_id, victim_id=v.victim_id, indices=tuple(v.indices),
+            protocol=dict(getattr(self.dm, "protocol", {})), config=cfg.to_dict(), mode=self.mode,
+            status=status, reason=reason, estimate=v.estimate, attacks=tuple(v.outcomes), worst=worst,
+            utility=v.utility, defense=v.defense, timings=timings,
+            provenance={**provenance(self.device, cfg.dtype), "seeds": {
+                "trial": cfg.seed, "init": cfg.init_seed, "victims": int(cfg.dataset_params.get("seed", 0)),
             }},
-        }  # fmt: skip
+        )  # fmt: skip
 
-    @staticmethod
-    def _fail(victim: dict[str, Any], stage: str, exc: BaseException) -> None:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if not isinstance(exc, DglbenchError):  # e.g. "ZeroDivisionError: division by zero"
-            text = f"{type(exc).__name__}: {text}"
-        victim["record"]["status"] = "failed"
-        victim["record"]["reason"] = f"{stage}: {text}"
-
-    def _defend(self, victims: list[dict[str, Any]]) -> None:
+    # ------------------------------------------------------------------------------------------- stages
+    def _defend(self, victims: list[_Victim]) -> None:
         from dglbench.defenses import defense_name, describe_defense, run_defense
 
         assert self.victim_model is not None
         for v in victims:
             start = time.perf_counter()
             try:
-                gen = _victim_generator(self.config.seed, v["victim_id"], self.device, "defense")
-                ctx = DefenseContext(self.victim_model, v["images"], v["labels"], self.config.case_obj, gen)
+                gen = _victim_generator(self.config.seed, v.victim_id, self.device, "defense")
+                ctx = DefenseContext(self.victim_model, v.images, v.labels, self.config.case_obj, gen)
                 out = run_defense(self.defense, ctx)
                 if not bool(torch.isfinite(out.clean).all()):
                     raise DglbenchError("the clean gradient has NaN or inf values")
-                v["clean"], v["defended"] = out.clean, out.defended
+                v.clean, v.defended = out.clean, out.defended
                 cos = torch.nn.functional.cosine_similarity(out.clean, out.defended, dim=0)
-                v["record"]["utility"] = {"gradient_cosine": float(cos)}
-                v["record"]["defense"] = _jsonable(describe_defense(self.defense))
+                v.utility = {"gradient_cosine": float(cos)}
+                v.defense = jsonable(describe_defense(self.defense))
             except DglbenchError as exc:
-                self._fail(v, "defense", exc)
+                v.fail("defense", exc)
             except Exception as exc:  # third-party defenses may raise anything: one victim fails, the rest go on
-                self._fail(v, "defense", exc)
-                v["record"]["reason"] += f" (defense {defense_name(self.defense)!r})"
-            v["record"]["seconds"]["defense"] = time.perf_counter() - start
+                v.fail("defense", exc)
+                v.reason = f"{v.reason} (defense {defense_name(self.defense)!r})"
+            v.seconds["defense"] = time.perf_counter() - start
 
-    def _estimate(self, victims: list[dict[str, Any]]) -> None:
+    def _estimate(self, victims: list[_Victim]) -> None:
         if not victims:
             return
         start = time.perf_counter()
@@ -266,16 +330,16 @@ class LeakageModule(pl.LightningModule):
                 try:
                     self._estimate_group([v])
                 except (DglbenchError, RuntimeError, ValueError) as exc:
-                    self._fail(v, "i2f", exc)
+                    v.fail("i2f", exc)
         share = (time.perf_counter() - start) / len(victims)
         for v in victims:
-            v["record"]["seconds"]["i2f"] = share
+            v.seconds["i2f"] = share
 
-    def _estimate_group(self, victims: list[dict[str, Any]]) -> None:
+    def _estimate_group(self, victims: list[_Victim]) -> None:
         assert self.victim_model is not None
         cfg, loss = self.config, self.config.case_obj.loss_fn()
-        xs, ys = [v["images"] for v in victims], [v["labels"] for v in victims]
-        deltas = [v["defended"] - v["clean"] for v in victims]
+        xs, ys = [v.images for v in victims], [v.labels for v in victims]
+        deltas = [v.defended - v.clean for v in victims]  # type: ignore[operator]
         est = estimate_i2f(
             self.victim_model, xs, ys, deltas, loss, eps=cfg.eps, lower_bound_tol=cfg.lower_bound_tol,
             cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, seed=cfg.seed,
@@ -284,64 +348,77 @@ class LeakageModule(pl.LightningModule):
         for i, v in enumerate(victims):
             values = torch.stack([lb.value[i], lb.max_eigenvalue[i], *(r.value[i] for r in exact.values())])
             if not bool(torch.isfinite(values).all()):
-                self._fail(v, "i2f", DglbenchError(
+                v.fail("i2f", DglbenchError(
                     "non-finite I2F value: the K products overflowed (untrained logits too large?); "
                     "try dtype: float64 or another initialization"
                 ))  # fmt: skip
-            v["record"]["i2f"] = {
-                "lower_bound": float(lb.value[i]), "jt_delta": float(lb.jt_delta[i]),
-                "max_eigenvalue": float(lb.max_eigenvalue[i]), "lower_bound_converged": bool(lb.converged[i]),
-                "exact": {_eps_key(e): float(r.value[i]) for e, r in exact.items()},
-                "exact_converged": {_eps_key(e): bool(r.converged[i]) for e, r in exact.items()},
-                "exact_residual": {_eps_key(e): float(r.residual[i]) for e, r in exact.items()},
-                "products": int(est.products[i]),
-            }  # fmt: skip
-            v["record"]["i2f"] = _jsonable(v["record"]["i2f"])  # NaN/inf -> null: JSON has no NaN
+            v.estimate = Estimate(
+                lower_bound=_finite_or_none(float(lb.value[i])), jt_delta=_finite_or_none(float(lb.jt_delta[i])),
+                max_eigenvalue=_finite_or_none(float(lb.max_eigenvalue[i])),
+                lower_bound_converged=bool(lb.converged[i]),
+                exact={_eps_key(e): _finite_or_none(float(r.value[i])) for e, r in exact.items()},
+                exact_converged={_eps_key(e): bool(r.converged[i]) for e, r in exact.items()},
+                exact_residual={_eps_key(e): _finite_or_none(float(r.residual[i])) for e, r in exact.items()},
+                products=int(est.products[i]),
+            )  # fmt: skip
 
-    def _attack(self, victims: list[dict[str, Any]]) -> None:
-        from dglbench.metrics import reconstruction_metrics
-
-        if not victims or self.attack is None:
+    def _attack(self, victims: list[_Victim]) -> None:
+        if not victims or not self.suite:
             return
         assert self.victim_model is not None
-        case = self.config.case_obj
-        payloads = [make_payload(case, v["defended"], v["labels"]) for v in victims]
-        gens = [_victim_generator(self.config.seed, v["victim_id"], self.device, "attack") for v in victims]
-        start = time.perf_counter()
-        try:
-            results = self.attack.run_many(
-                self.victim_model, payloads, self.dm.image_shape, box=self.box, generator=gens
-            )
-        except (DglbenchError, RuntimeError, ValueError) as exc:
-            for v in victims:
-                self._fail(v, "attack", exc)
-            return
-        share = (time.perf_counter() - start) / len(victims)
-        for v, res in zip(victims, results):
-            rec = v["record"]
-            rec["seconds"]["attack"] = share
-            rec["attack"] = {
-                "name": self.config.attack, "iterations": res.iterations, "restarts": res.restarts,
-                "final_loss": _finite_or_none(res.final_loss), "seconds": res.seconds,
-                "label_source": res.label_source, "status": res.status, "reason": res.reason,
-            }  # fmt: skip
-            if res.status != "ok":
-                rec["status"], rec["reason"] = "failed", f"attack: {res.reason}"
-                continue
-            t0 = time.perf_counter()
+        payloads = [make_payload(self.config.case_obj, v.defended, v.labels) for v in victims]
+        for i, member in enumerate(self.suite):
+            salt = "attack" if i == 0 else f"attack:{member.key}"  # the first attack's draws as before suites
+            gens = [_victim_generator(self.config.seed, v.victim_id, self.device, salt) for v in victims]
+            start = time.perf_counter()
             try:
-                gen = _victim_generator(self.config.seed, v["victim_id"], self.device, "metrics")
-                metrics = reconstruction_metrics(
-                    res.images, v["images"], denormalize=self.dm.denormalize, normalize=self.dm.normalize,
-                    mean_image=self.mean_image,
-                    lpips=self.lpips, generator=gen, labels_hat=res.labels, labels=v["labels"],
-                )  # fmt: skip
-                rec["metrics"] = _jsonable(metrics.to_dict())
+                results = member.attack.run_many(
+                    self.victim_model, payloads, self.dm.image_shape, box=self.box, generator=gens
+                )
             except (DglbenchError, RuntimeError, ValueError) as exc:
-                self._fail(v, "metrics", exc)
-            rec["seconds"]["metrics"] = time.perf_counter() - t0
+                for v in victims:
+                    v.outcomes.append(self._outcome(member, None, "failed", f"attack: {_reason(exc)}"))
+                continue
+            share = (time.perf_counter() - start) / len(victims)
+            for v, res in zip(victims, results):
+                v.seconds["attack"] += share
+                if res.status != "ok":
+                    v.outcomes.append(self._outcome(member, res, "failed", f"attack: {res.reason}"))
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    metrics = self._metrics(v, res)
+                    v.outcomes.append(self._outcome(member, res, "ok", None, metrics))
+                except (DglbenchError, RuntimeError, ValueError) as exc:
+                    v.outcomes.append(self._outcome(member, res, "failed", f"metrics: {_reason(exc)}"))
+                v.seconds["metrics"] += time.perf_counter() - t0
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _metrics(self, v: _Victim, res: Any) -> dict[str, Any]:
+        from dglbench.metrics import reconstruction_metrics
+
+        gen = _victim_generator(self.config.seed, v.victim_id, self.device, "metrics")
+        metrics = reconstruction_metrics(
+            res.images, v.images, denormalize=self.dm.denormalize, normalize=self.dm.normalize,
+            mean_image=self.mean_image, lpips=self.lpips, generator=gen, labels_hat=res.labels, labels=v.labels,
+        )  # fmt: skip
+        return metrics.to_dict()
+
+    @staticmethod
+    def _outcome(
+        member: SuiteAttack, res: Any, status: str, reason: str | None, metrics: dict[str, Any] | None = None
+    ) -> AttackOutcome:
+        facts = {}
+        if res is not None:
+            facts = {
+                "iterations": res.iterations, "restarts": res.restarts, "final_loss": _finite_or_none(res.final_loss),
+                "seconds": res.seconds, "label_source": res.label_source,
+            }  # fmt: skip
+        return AttackOutcome(
+            name=member.name, params=dict(member.params), key=member.key, adaptive=member.adaptive, status=status,
+            reason=reason, metrics=metrics, **facts,
+        )  # fmt: skip
+
+    def _log(self, record: VictimRecord) -> None:
         """Scalars to the loggers as each victim finishes (one device; under DDP the runner logs after merging)."""
         if self._trainer is None or not self.trainer.loggers or self.trainer.world_size > 1:
             return  # Lightning's loggers write on rank 0 only: the other ranks' victims would be lost
@@ -351,15 +428,37 @@ class LeakageModule(pl.LightningModule):
         return None
 
 
-def log_record(loggers: Sequence[Any], record: dict[str, Any]) -> None:
-    """A record's scalars to Lightning loggers (CSV by default, W&B when configured); step = victim id."""
-    flat: dict[str, float] = {"status_ok": float(record["status"] == "ok")}
-    for section in ("i2f", "metrics", "utility"):
-        for key, value in (record.get(section) or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                flat[f"{section}/{key}"] = float(value)
+def log_record(loggers: Sequence[Any], record: VictimRecord) -> None:
+    """A record's scalars to Lightning loggers (CSV by default, W&B when configured); step = victim id.
+
+    Keys: ``status_ok``, ``i2f/<term>`` (``i2f/exact@<eps>``), ``metrics/<metric>`` (the suite's worst case),
+    ``attack/<key>/<metric>`` for each attack of a suite of several, ``utility/<name>``.
+    """
+    flat: dict[str, float] = {"status_ok": float(record.ok)}
+    est = record.estimate
+    if est is not None:
+        terms = {"lower_bound": est.lower_bound, "jt_delta": est.jt_delta, "max_eigenvalue": est.max_eigenvalue,
+                 "products": est.products, **{f"exact@{k}": v for k, v in est.exact.items()}}  # fmt: skip
+        flat.update({f"i2f/{k}": float(v) for k, v in terms.items() if v is not None})
+    flat.update({f"metrics/{k}": float(v) for k, v in (record.metrics or {}).items() if v is not None})
+    if len(record.attacks) > 1:
+        for outcome in record.attacks:
+            for name in METRICS:
+                value = record.metric(name, outcome.key)
+                if value is not None:
+                    flat[f"attack/{outcome.key}/{name}"] = value
+    for key, value in (record.utility or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"utility/{key}"] = float(value)
     for logger in loggers:
-        logger.log_metrics(flat, step=record["victim_id"])
+        logger.log_metrics(flat, step=record.victim_id)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if not isinstance(exc, DglbenchError):  # e.g. "ZeroDivisionError: division by zero"
+        text = f"{type(exc).__name__}: {text}"
+    return text
 
 
 def _eps_key(eps: float) -> str:
@@ -370,33 +469,19 @@ def _finite_or_none(x: float | None) -> float | None:
     return None if x is None or x != x or x in (float("inf"), float("-inf")) else float(x)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return _finite_or_none(obj)
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
-
-
 class RecordWriter(BasePredictionWriter):
-    """Writes each finished victim's record to ``<dir>/victim-<id>.json`` (atomic), on the rank that owns it."""
+    """Writes each finished victim's record to its file in a trial's part folder (atomic), on the rank that owns it."""
 
     def __init__(self, directory: str | Path) -> None:
         super().__init__(write_interval="batch")
-        self.directory = Path(directory)
+        self.layout = TrialLayout(Path(directory))
 
-    def write_records(self, trainer: pl.Trainer, records: list[dict[str, Any]]) -> None:
+    def write_records(self, trainer: pl.Trainer, records: list[VictimRecord]) -> None:
         from dglbench.datamodules.base import owned_by_rank
 
         for rec in records:
-            if bool(owned_by_rank(rec["victim_id"], trainer.global_rank, trainer.world_size)):
-                atomic_write_json(self.directory / f"victim-{rec['victim_id']:06d}.json", _jsonable(rec))
+            if bool(owned_by_rank(rec.victim_id, trainer.global_rank, trainer.world_size)):
+                atomic_write_json(self.layout.victim(rec.victim_id), rec.to_dict())
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         self.write_records(trainer, prediction or [])

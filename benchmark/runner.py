@@ -1,22 +1,21 @@
 """Run one trial on Lightning's Trainer and collect its records.
 
 Victims are sharded across devices by Lightning (``devices=N``: DDP; on CPU with gloo), each rank
-writes its victims' records to ``<out>/parts/<trial_id>/victim-<id>.json``, and rank 0 then writes
-the trial's single record file ``<out>/records/<trial_id>.json`` atomically. Victims whose part file
-exists are skipped, so a killed run resumes where it stopped.
+writes its victims' records to the trial's part folder, and rank 0 then writes the trial's single
+record file atomically (paths: :class:`~dglbench.layout.RunLayout`). Victims whose part file exists
+are skipped, so a killed run resumes where it stopped.
 
 Example:
     >>> from dglbench.runner import run_trial
     >>> from dglbench.trial import TrialConfig
     >>> cfg = TrialConfig(attack=None, dataset_params={"num_victims": 2, "image_size": 8})
     >>> records = run_trial(cfg, progress=False)
-    >>> [r["status"] for r in records]
+    >>> [r.status for r in records]
     ['ok', 'ok']
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -28,7 +27,9 @@ import torch
 from dglbench.checks import check_model_accepts, is_valid_record, set_aside_invalid
 from dglbench.errors import ConfigError, DglbenchError
 from dglbench.hardware import check_hardware, is_global_zero
-from dglbench.io import atomic_write_json, check_output_dir
+from dglbench.io import check_output_dir
+from dglbench.layout import RunLayout, read_trial_records, write_trial_records
+from dglbench.record import VictimRecord
 from dglbench.trial import TrialConfig
 
 __all__ = ["run_trial", "record_path", "load_trial_records", "make_trainer", "is_global_zero"]
@@ -36,18 +37,12 @@ __all__ = ["run_trial", "record_path", "load_trial_records", "make_trainer", "is
 
 def record_path(output_dir: str | Path, config: TrialConfig) -> Path:
     """Where a finished trial's record file lives."""
-    return Path(output_dir) / "records" / f"{config.trial_id}.json"
+    return RunLayout(output_dir).trial_record(config.trial_id)
 
 
-def load_trial_records(path: str | Path) -> dict[str, Any]:
-    """Read a trial record file; a corrupt file is a one-line :class:`DglbenchError`."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DglbenchError(f"cannot read trial record {path}: {exc}; delete it to re-run that trial") from None
-    if not isinstance(data, dict) or "victims" not in data:
-        raise DglbenchError(f"{path} is not a dglbench trial record (no 'victims'); delete it to re-run that trial")
-    return data
+def load_trial_records(path: str | Path) -> list[VictimRecord]:
+    """Read a trial record file (older record versions converted); a corrupt file is one :class:`DglbenchError`."""
+    return read_trial_records(path)
 
 
 def make_trainer(devices: int, accelerator: str, progress: bool, callbacks: list, logger: Any = False, **kw: Any):
@@ -77,7 +72,7 @@ def run_trial(
     logger: Any = False,
     strategy: str | None = None,
     num_nodes: int = 1,
-) -> list[dict[str, Any]]:
+) -> list[VictimRecord]:
     """Run a trial over its victims and return one record per victim (sorted by victim id).
 
     Args:
@@ -115,7 +110,7 @@ def _run_trial(
     logger: Any,
     strategy: str | None,
     num_nodes: int = 1,
-) -> list[dict[str, Any]]:
+) -> list[VictimRecord]:
     from dglbench.datamodules import create_datamodule
     from dglbench.modules import LeakageModule, RecordWriter, log_record
 
@@ -123,10 +118,11 @@ def _run_trial(
         # Victims are small: intra-op threads cost more than they give (a trial measured 7x slower with 2
         # threads on 2 cores). Set OMP_NUM_THREADS to choose another number.
         torch.set_num_threads(1)
-    final = record_path(out, config)
+    layout = RunLayout(out)
+    final = layout.trial_record(config.trial_id)
     if is_valid_record(final):
-        return load_trial_records(final)["victims"]
-    parts = out / "parts" / config.trial_id
+        return read_trial_records(final)
+    parts = layout.parts(config.trial_id)
     dm = create_datamodule(config.dataset, **{"victims_per_step": config.victims_per_step, **config.dataset_params})
     if dm.num_victims < devices * num_nodes:  # fail once here, not on every rank
         raise ConfigError(f"{dm.name}: num_victims={dm.num_victims} < {devices * num_nodes} processes; add victims")
@@ -135,12 +131,13 @@ def _run_trial(
     check_model_accepts(config, dm.num_classes, dm.image_shape)  # one forward pass, before any victim runs
     if is_global_zero():  # a record cut short by a kill, or edited by hand, is re-run, not counted as done
         set_aside_invalid(final)
-        for path in sorted(Path(parts).glob("victim-*.json")):
+        for path in sorted(Path(parts.directory).glob("victim-*.json")):
             set_aside_invalid(path)
-    module = LeakageModule(config, records_dir=str(parts))
+    module = LeakageModule(config, records_dir=str(parts.directory))
     trainer = make_trainer(
-        devices, accelerator, progress, [RecordWriter(parts)], logger=logger, strategy=strategy, num_nodes=num_nodes
-    )
+        devices, accelerator, progress, [RecordWriter(parts.directory)], logger=logger, strategy=strategy,
+        num_nodes=num_nodes,
+    )  # fmt: skip
     try:
         trainer.predict(module, datamodule=dm, return_predictions=False)
     except SystemExit as exc:  # Lightning turns Ctrl-C into a graceful shutdown and exit(1): say what it was
@@ -153,15 +150,27 @@ def _run_trial(
     ids = dm.victim_ids()
     records = []
     for vid in ids:
-        path = parts / f"victim-{vid:06d}.json"
+        path = parts.victim(vid)
         if not path.exists():
-            raise DglbenchError(f"victim {vid} of trial {config.trial_id} has no record in {parts}; re-run to resume")
-        records.append(json.loads(path.read_text()))
-    atomic_write_json(final, {"schema_version": 1, "trial_id": config.trial_id, "config": config.to_dict(),
-                              "victims": records})  # fmt: skip
+            raise DglbenchError(
+                f"victim {vid} of trial {config.trial_id} has no record in {parts.directory}; re-run to resume"
+            )
+        records.append(_read_part(path))
+    write_trial_records(final, config.trial_id, config.to_dict(), records)
     if trainer.world_size > 1:  # loggers live on rank 0 only: log every rank's victims here, in victim order
         for rec in records:
             log_record(trainer.loggers, rec)
         for lg in trainer.loggers:
             lg.save()
     return records
+
+
+def _read_part(path: Path) -> VictimRecord:
+    import json
+
+    from dglbench.record import RecordError
+
+    try:
+        return VictimRecord.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, RecordError) as exc:
+        raise DglbenchError(f"cannot read victim record {path}: {exc}; delete it to re-run that victim") from None

@@ -32,6 +32,28 @@ def _freeze(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
 
 
+def _normalize_attacks(config: TrialConfig) -> None:
+    """Make ``attacks`` the suite (``({"name", "params"}, ...)``) and ``attack`` / ``attack_params`` its first."""
+    suite = config.attacks
+    if not suite:
+        suite = () if config.attack is None else ({"name": config.attack, "params": config.attack_params},)
+    if not isinstance(suite, (list, tuple)):
+        raise ConfigError(f"attacks must be a list of {{name, params}} mappings, got {suite!r}")
+    specs = []
+    for i, spec in enumerate(suite):
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or set(spec) - {"name", "params"}:
+            raise ConfigError(f"attacks[{i}] must be a mapping with a name and optional params, got {spec!r}")
+        params = spec.get("params") or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"attacks[{i}].params must be a mapping, got {params!r}")
+        specs.append({"name": spec["name"], "params": _freeze(params)})
+    object.__setattr__(config, "attacks", tuple(specs))
+    object.__setattr__(config, "attack", specs[0]["name"] if specs else None)
+    object.__setattr__(config, "attack_params", dict(specs[0]["params"]) if specs else {})
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything that determines a trial's records.
@@ -43,7 +65,11 @@ class TrialConfig:
         model_params: extra ``timm.create_model`` arguments.
         init: initialization scheme (``dglbench inits``); ``init_seed`` seeds it.
         defense / defense_params: a registered defense, ``module:Class`` path or entry point, and its parameters.
-        attack / attack_params: a registered attack, or ``None`` for estimation only.
+        attack / attack_params: a registered attack, or ``None`` for estimation only: the one-attack
+            shorthand of ``attacks``.
+        attacks: the attack suite, ``[{"name": ..., "params": {...}}, ...]``; when given it wins over
+            ``attack`` (which then names its first attack). Each victim's privacy is the worst case over it.
+        adaptive: also run the adaptive attacks the defense declares (attacks that know the defense).
         estimate: whether to compute the I2F lower bound and exact I2F.
         eps: damping values of exact I2F (one value per entry).
         lower_bound_tol / cg_tol / cg_max_iter: solver tolerances.
@@ -64,6 +90,8 @@ class TrialConfig:
     defense_params: dict[str, Any] = field(default_factory=dict)
     attack: str | None = "inverting_gradients"
     attack_params: dict[str, Any] = field(default_factory=dict)
+    attacks: tuple[dict[str, Any], ...] = ()
+    adaptive: bool = True
     estimate: bool = True
     eps: tuple[NonNegativeFloat, ...] = (0.1,)
     lower_bound_tol: Tolerance = 1e-3
@@ -78,7 +106,8 @@ class TrialConfig:
     def __post_init__(self) -> None:
         if isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool):
             object.__setattr__(self, "eps", (self.eps,))  # `eps: 0.1` is short for `eps: [0.1]`
-        check_fields(self, json=True)  # types and ranges from the hints (dglbench.params)
+        check_fields(self, json=True, skip=("attacks",))  # types and ranges from the hints (dglbench.params)
+        _normalize_attacks(self)
         if self.attack is None and not self.estimate:
             raise ConfigError("a trial with attack: null and estimate: false measures nothing; enable one of them")
         case_keys = {f.name for f in dataclasses.fields(Case)}
@@ -95,15 +124,44 @@ class TrialConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"unknown trial key {unknown[0]!r}; known keys: {', '.join(sorted(names))}")
-        return cls(**copy.deepcopy(data))
+        data = copy.deepcopy(data)
+        if data.get("attacks") and ("attack" in data or "attack_params" in data):
+            first = data["attacks"][0] if isinstance(data["attacks"][0], dict) else {}
+            if (data.get("attack", first.get("name")), data.get("attack_params", first.get("params") or {})) != (
+                first.get("name"),
+                first.get("params") or {},
+            ):
+                raise ConfigError("give the attack suite as attacks: [...] or one attack as attack:, not both")
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples as lists)."""
-        return _freeze(dataclasses.asdict(self))
+        """Plain JSON-able dict (tuples as lists).
+
+        A suite of one attack (or none) is written in its shorthand (``attack`` / ``attack_params``), a
+        longer one as ``attacks`` only; ``adaptive`` only when it is off. So a one-attack trial has the
+        dict, and the id, it had before trials could run a suite.
+        """
+        data = dataclasses.asdict(self)
+        if len(self.attacks) > 1:
+            del data["attack"], data["attack_params"]
+        else:
+            del data["attacks"]
+        if self.adaptive:
+            del data["adaptive"]
+        return _freeze(data)
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrialConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"defense_params.sigma": 0.1}``."""
         data = self.to_dict()
+        data.setdefault("adaptive", self.adaptive)
+        heads = {dotted.split(".")[0] for dotted in overrides}
+        if heads & {"attack", "attack_params"}:
+            data.pop("attacks", None)
+            data.setdefault("attack", self.attack)
+            data.setdefault("attack_params", dict(self.attack_params))
+        elif "attacks" in heads:
+            data.pop("attack", None), data.pop("attack_params", None)
+            data.setdefault("attacks", [dict(a) for a in self.attacks])
         for dotted, value in overrides.items():
             head, *rest = dotted.split(".")
             if head not in data:
@@ -141,11 +199,16 @@ class TrialConfig:
             create_defense(self.defense, **self.defense_params)
         except ParamError as exc:
             raise exc.under("defense_params") from None
-        if self.attack is not None:
+        for i, spec in enumerate(self.attacks):
             try:
-                create_attack(self.attack, **self.attack_params)
+                create_attack(spec["name"], **spec["params"])
             except ParamError as exc:
-                raise exc.under("attack_params") from None
+                raise exc.under("attack_params" if len(self.attacks) == 1 else f"attacks[{i}].params") from None
+
+    @property
+    def attack_names(self) -> list[str]:
+        """The names of the attacks the trial lists (without the defense's adaptive attacks)."""
+        return [spec["name"] for spec in self.attacks]
 
     @property
     def case_obj(self) -> Case:

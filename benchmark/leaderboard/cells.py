@@ -20,6 +20,7 @@ import json
 from dglbench.leaderboard.ranking import Row
 from dglbench.leaderboard.schema import DefenseInfo
 from dglbench.leaderboard.track import METRICS, Track
+from dglbench.metrics import METRICS as REGISTRY
 
 __all__ = [
     "ATTACK_LABELS",
@@ -35,10 +36,7 @@ __all__ = [
     "sort_values",
 ]
 
-METRIC_LABELS = {
-    "l2_error": "l2 error", "rmse": "RMSE", "mse": "MSE", "psnr": "PSNR (dB)", "ssim": "SSIM",
-    "lpips_alex": "LPIPS (Alex)", "lpips_vgg": "LPIPS (VGG)", "label_accuracy": "label acc.",
-}  # fmt: skip
+METRIC_LABELS = {name: REGISTRY[name].label for name in METRICS}  # labels from the metric registry
 ATTACK_LABELS = {"inverting_gradients": "IG", "dlg": "DLG", "idlg": "iDLG"}
 
 

@@ -43,6 +43,7 @@ from dglbench.leaderboard.store import entry_paths
 from dglbench.leaderboard.track import Track, load_track
 from dglbench.leaderboard.typed import to_dict
 from dglbench.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
+from dglbench.record import VictimRecord
 
 __all__ = ["Submission", "build_entry", "defense_info", "process_rank", "submit"]
 
@@ -101,7 +102,7 @@ def process_rank() -> int:
 
 
 def build_entry(
-    track: Track, info: DefenseInfo, records: list[dict[str, Any]], trial_ids: list[str], *,
+    track: Track, info: DefenseInfo, records: list[VictimRecord | dict[str, Any]], trial_ids: list[str], *,
     test_accuracy: float, undefended: float, test_images: int, hardware: Hardware, seconds: Seconds,
 ) -> Entry:  # fmt: skip
     """Summarize per-victim records into an entry (the computation ``validate`` repeats)."""
@@ -110,7 +111,7 @@ def build_entry(
     num_victims = track.num_victims
     groups = by_trial(records, trial_ids, num_victims)
     digest = config_hash(track.ref, info.name, info.params)
-    prov = next((r.get("provenance") for r in records if isinstance(r.get("provenance"), dict)), {}) or {}
+    prov = next((r.provenance for recs in groups.values() for r in recs if r.provenance), {})
     u = track.utility
     return Entry(
         schema_version=SCHEMA_VERSION,
@@ -197,7 +198,7 @@ def submit(
     entry_path, victims_path = entry_paths(track.ref, info.name, digest, root)
     configs = track.trial_configs(defense, info.params, data_root)
     out_dir = Path(work_dir) / track.id / f"{entry_slug(info.name)}-{digest}"
-    records: list[dict[str, Any]] = []
+    records: list[VictimRecord] = []
     for config in configs:
         records += run_trial(config, devices=devices, accelerator=accelerator, output_dir=out_dir, progress=progress)
     if process_rank() != 0:
@@ -215,6 +216,7 @@ def submit(
         seconds=Seconds(privacy=round(privacy_seconds, 2), utility=round(utility_seconds, 2),
                         total=round(time.perf_counter() - start, 2)),
     )  # fmt: skip
-    atomic_write_json(victims_path, to_dict(VictimsFile(SCHEMA_VERSION, entry.entry_id, records)))
+    stored = [r.to_dict() for r in records]  # the records' own schema version is in each record
+    atomic_write_json(victims_path, to_dict(VictimsFile(SCHEMA_VERSION, entry.entry_id, stored)))
     atomic_write_json(entry_path, to_dict(entry))
     return Submission(entry, entry_path, victims_path)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from dglbench.errors import ConfigError, DataNotFoundError, DglbenchError
 from dglbench.io import load_yaml_mapping
 from dglbench.leaderboard.typed import from_dict, to_dict
+from dglbench.metrics import METRICS as _REGISTRY
 
 __all__ = [
     "LOCATION_KEYS",
@@ -48,16 +49,11 @@ __all__ = [
     "track_path",
 ]
 
-#: Reconstruction metrics an entry can summarize, and whether a HIGH value means MORE leakage.
+#: Reconstruction metrics an entry can summarize, and whether a HIGH value means MORE leakage (read from the
+#: metric registry, :data:`dglbench.metrics.METRICS`).
 METRICS: dict[str, bool] = {
-    "l2_error": False,
-    "rmse": False,
-    "mse": False,
-    "psnr": True,
-    "ssim": True,
-    "lpips_alex": False,
-    "lpips_vgg": False,
-    "label_accuracy": True,
+    name: _REGISTRY[name].higher_is_better
+    for name in ("l2_error", "rmse", "mse", "psnr", "ssim", "lpips_alex", "lpips_vgg", "label_accuracy")
 }
 
 #: Track keys that describe the protocol in words; they are not part of its content hash.

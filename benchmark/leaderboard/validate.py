@@ -45,6 +45,7 @@ from dglbench.leaderboard.store import entry_files, load_entry, load_victims, re
 from dglbench.leaderboard.track import LOCATION_KEYS, Track, default_root, list_tracks, load_track
 from dglbench.leaderboard.trust import code_source
 from dglbench.leaderboard.typed import to_dict
+from dglbench.record import VictimRecord
 
 __all__ = ["diff", "untrusted_notes", "validate_entry", "validate_paths"]
 
@@ -158,26 +159,25 @@ def _utility_problems(entry: Entry, track: Track) -> list[str]:
     return problems
 
 
-def _record_problem(rec: dict[str, Any], trial: str, expected: dict[str, Any], entry: Entry) -> str | None:
+def _record_problem(rec: VictimRecord, trial: str, expected: dict[str, Any], entry: Entry) -> str | None:
     """Why one record was not produced by the track's configuration for this defense (``None``: it was)."""
     from dglbench import __version__
     from dglbench.trial import TrialConfig
 
     try:
-        record_config = TrialConfig.from_dict(rec.get("config") or {})
+        record_config = TrialConfig.from_dict(rec.config or {})
     except DglbenchError as exc:
-        return f"victim {rec['victim_id']} of trial {trial}: bad config: {exc}"
+        return f"victim {rec.victim_id} of trial {trial}: bad config: {exc}"
     if entry.provenance.dglbench == __version__ and record_config.trial_id != trial:
         return f"trial id {trial} is not the id of its records' configuration"
     got = _protocol(record_config.to_dict())
     if got != expected:
         first = diff(got, expected) or "config"
         return f"trial {trial} did not run the track's configuration for this defense ({first})"
-    rd, d = rec.get("defense"), entry.defense
+    rd, d = rec.defense, entry.defense
     if isinstance(rd, dict) and (rd.get("params") != d.params or rd.get("privacy") != d.formal_privacy):
         return (
-            f"victim {rec['victim_id']}: the defense's parameters or formal privacy differ from the entry's "
-            "defense block"
+            f"victim {rec.victim_id}: the defense's parameters or formal privacy differ from the entry's defense block"
         )
     return None
 

@@ -60,6 +60,7 @@ from dglbench.errors import ConfigError, DglbenchError
 from dglbench.leaderboard.store import load_entry, load_victims, victims_path
 from dglbench.leaderboard.track import Track, load_track
 from dglbench.leaderboard.trust import CodeSource, require_trust
+from dglbench.record import VictimRecord, as_record
 
 __all__ = [
     "Check",
@@ -163,18 +164,19 @@ def _close(a: Any, b: Any, kind: str, tol: float) -> bool:
     return abs(a - b) <= tol + 1e-12
 
 
-def _values(rec: dict[str, Any], track: Track) -> dict[str, Any]:
+def _values(record: VictimRecord | dict[str, Any], track: Track) -> dict[str, Any]:
+    """The compared numbers of a record; metrics are those of the track's attack for the trial (its first)."""
+    rec = as_record(record)
     out: dict[str, Any] = {}
-    i2f = rec.get("i2f")
-    if isinstance(i2f, dict):
+    if rec.estimate is not None:
         for key in ("lower_bound", "jt_delta", "max_eigenvalue"):
-            out[f"i2f.{key}"] = i2f.get(key)
-        for eps, value in (i2f.get("exact") or {}).items():
+            out[f"i2f.{key}"] = getattr(rec.estimate, key)
+        for eps, value in rec.estimate.exact.items():
             out[f"i2f.exact[{eps}]"] = value
-    metrics = rec.get("metrics") if rec.get("status") == "ok" else None
+    tracked = rec.attacks[0].key if rec.attacks else None
     for m in track.metrics:
-        out[f"metrics.{m}"] = (metrics or {}).get(m)
-    out["utility.gradient_cosine"] = (rec.get("utility") or {}).get("gradient_cosine")
+        out[f"metrics.{m}"] = rec.metric(m, tracked) if tracked else None
+    out["utility.gradient_cosine"] = (rec.utility or {}).get("gradient_cosine")
     return out
 
 
@@ -205,7 +207,7 @@ def _rerun(
                 if not part.exists():
                     atomic_write_json(part, json.loads(json.dumps(stored[(trial_id, j)])))
         records = run_trial(config, devices=devices, accelerator=accelerator, output_dir=out, progress=False)
-        reruns.append([r for r in records if r["victim_id"] in wanted])
+        reruns.append([r for r in records if r.victim_id in wanted])
     return reruns
 
 
@@ -269,21 +271,19 @@ def verify_entry(
         if scratch is not None:
             scratch.cleanup()
     for trial_id, rerun in zip(entry.provenance.trial_ids, reruns):
-        for rec in rerun:
-            old = by_key.get((trial_id, rec["victim_id"]))
+        for rec in map(as_record, rerun):
+            old = by_key.get((trial_id, rec.victim_id))
             if old is None:
-                checks.append(Check(trial_id, rec["victim_id"], "record", None, "present", "exists", False))
+                checks.append(Check(trial_id, rec.victim_id, "record", None, "present", "exists", False))
                 continue
-            checks.append(
-                Check(trial_id, rec["victim_id"], "status", old["status"], rec["status"], "equal",
-                      old["status"] == rec["status"])
-            )  # fmt: skip
+            same = old["status"] == rec.status
+            checks.append(Check(trial_id, rec.victim_id, "status", old["status"], rec.status, "equal", same))
             new_values = _values(rec, track)
             for quantity, value in _values(old, track).items():
                 kind, tol = _tolerance(track, quantity.split("[")[0])
                 new = new_values.get(quantity)
                 ok = _close(value, new, kind, tol)
-                checks.append(Check(trial_id, rec["victim_id"], quantity, value, new, f"{kind} {tol:g}", ok))
+                checks.append(Check(trial_id, rec.victim_id, quantity, value, new, f"{kind} {tol:g}", ok))
     if utility:
         from dglbench.hardware import torch_device
         from dglbench.leaderboard.utility import fedsgd_accuracy

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from dglbench.io import atomic_write_bytes  # noqa: E402
+from dglbench.metrics import METRICS  # noqa: E402
 
 if TYPE_CHECKING:
     from dglbench.sweep.report import Row
@@ -27,6 +28,11 @@ def _save(fig: Any, stem: Path) -> Path:
         atomic_write_bytes(stem.with_suffix(f".{ext}"), buf.getvalue())
     plt.close(fig)
     return stem.with_suffix(".png")
+
+
+def _label(key: str) -> str:
+    """An axis label: the metric's registered label, or an I2F term in words."""
+    return METRICS[key].label if key in METRICS else f"I2F {key.replace('_', ' ')}"
 
 
 def _log_scale(ax: Any, axis: str, values: list[float]) -> None:
@@ -57,7 +63,7 @@ def plot_scatter(rows: list[Row], stem: Path, predictor: str = "lower_bound", ta
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"I2F {predictor.replace('_', ' ')}")
-    ax.set_ylabel({"l2_error": "attack error ‖x̂ − x‖"}.get(target, target))
+    ax.set_ylabel(f"attack error: {_label(target)}")
     ax.set_title("I2F vs attack error (one point per victim)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.2)
@@ -83,10 +89,10 @@ def plot_strength(rows: list[Row], stem: Path, metrics: tuple[str, ...] = ("psnr
             ax.plot(levels, values, marker="o", label=f"{model} / {defense}")
             plotted += values
         _log_scale(ax, "x", [s for by_level in series.values() for s in by_level])
-        if key in ("l2_error", "lower_bound"):
+        if key not in METRICS or METRICS[key].scale == "log":  # I2F terms span decades too
             _log_scale(ax, "y", plotted)
         ax.set_xlabel("defense strength")
-        ax.set_ylabel({"lower_bound": "I2F lower bound", "l2_error": "‖x̂ − x‖", "psnr": "PSNR (dB)"}.get(key, key))
+        ax.set_ylabel(_label(key))
         ax.grid(True, which="both", alpha=0.2)
     axes[0].legend(fontsize=7)
     fig.suptitle("Attack error and I2F vs defense strength (medians over victims)")

@@ -6,7 +6,11 @@ Pearson r (on log values) between an I2F term (lower bound, exact at each ε) an
 Written as Markdown, CSV and LaTeX; plots as PNG and PDF.
 
 PSNR and SSIM are already logarithmic / bounded, so their Pearson r is taken against ``log10(I2F)``
-on the raw metric. Failed victims are counted (``failed``) and never enter a correlation silently.
+on the raw metric (a metric's scale comes from :data:`dglbench.metrics.METRICS`). Failed victims are
+counted (``failed``) and never enter a correlation silently.
+
+The attack error of a victim is, by default, the worst case over its trial's attack suite (per
+metric, the attack best for the attacker); ``attack="<name>"`` selects one attack of the suite instead.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from typing import Any
 
 from dglbench.errors import DglbenchError
 from dglbench.io import atomic_write_text
-from dglbench.metrics import correlation
+from dglbench.layout import RunLayout, read_trial_records
+from dglbench.metrics import METRICS, correlation
 
-__all__ = ["Row", "load_rows", "correlation_table", "write_report", "strength_of"]
+__all__ = ["WORST", "Row", "load_rows", "correlation_table", "write_report", "strength_of"]
 
+#: The attack errors a report correlates with I2F (in this order).
 TARGETS = ("l2_error", "rmse", "psnr", "ssim", "lpips_alex", "lpips_vgg")
-LOG_TARGETS = {"l2_error", "rmse", "lpips_alex", "lpips_vgg"}
+#: The "attack" that stands for the worst case over a trial's suite.
+WORST = "worst"
 STRENGTH_KEYS = ("sigma", "scale", "ratio", "keep", "fraction", "bits", "clip", "c", "noise_multiplier")
 
 
@@ -46,6 +53,7 @@ class Row:
     reason: str | None
     predictors: dict[str, float | None]
     targets: dict[str, float | None]
+    attacks: int = 1
 
 
 def strength_of(params: dict[str, Any]) -> float | None:
@@ -57,29 +65,32 @@ def strength_of(params: dict[str, Any]) -> float | None:
     return float(numeric[0]) if numeric else None
 
 
-def load_rows(sweep_dir: str | Path) -> list[Row]:
-    """All victims of all finished trials in a sweep folder."""
-    folder = Path(sweep_dir) / "records"
-    files = sorted(folder.glob("*.json"))
+def load_rows(sweep_dir: str | Path, attack: str = WORST) -> list[Row]:
+    """All victims of all finished trials in a sweep folder.
+
+    Args:
+        sweep_dir: the sweep folder.
+        attack: whose attack errors: ``"worst"`` (the worst case over each trial's suite; for a one-attack
+            trial, that attack) or an attack of the suite by name (``None`` where a trial did not run it).
+    """
+    layout = RunLayout(sweep_dir)
+    files = layout.trial_records()
     if not files:
-        raise DglbenchError(f"no trial records in {folder}; run `dglbench sweep run SPEC --out {sweep_dir}` first")
+        raise DglbenchError(
+            f"no trial records in {layout.records}; run `dglbench sweep run SPEC --out {sweep_dir}` first"
+        )
     rows = []
     for path in files:
-        try:
-            trial = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DglbenchError(f"corrupt record file {path}: {exc}; delete it and re-run the sweep") from None
-        for rec in trial["victims"]:
-            cfg = rec["config"]
-            i2f_ = rec.get("i2f") or {}
-            preds: dict[str, float | None] = {"lower_bound": i2f_.get("lower_bound")}
-            preds.update({f"exact@{k}": v for k, v in (i2f_.get("exact") or {}).items()})
-            met = rec.get("metrics") or {}
+        for rec in read_trial_records(path):
+            cfg = rec.config
+            est = rec.estimate
+            preds: dict[str, float | None] = {"lower_bound": est.lower_bound if est else None}
+            preds.update({f"exact@{k}": v for k, v in (est.exact if est else {}).items()})
             rows.append(Row(
-                trial_id=rec["trial_id"], victim_id=rec["victim_id"], model=cfg["model"], defense=cfg["defense"],
+                trial_id=rec.trial_id, victim_id=rec.victim_id, model=cfg["model"], defense=cfg["defense"],
                 strength=strength_of(cfg["defense_params"]), params=json.dumps(cfg["defense_params"], sort_keys=True),
-                status=rec["status"], reason=rec.get("reason"), predictors=preds,
-                targets={t: met.get(t) for t in TARGETS},
+                status=rec.status, reason=rec.reason, predictors=preds,
+                targets={t: rec.metric(t, attack) for t in TARGETS}, attacks=len(rec.attacks),
             ))  # fmt: skip
     return rows
 
@@ -108,7 +119,7 @@ def correlation_table(rows: list[Row], *, bootstrap: int = 1000, seed: int = 0) 
                 xs = [r.predictors.get(p) for r in ok]
                 ys = [r.targets.get(t) for r in ok]
                 pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
-                if t in LOG_TARGETS:
+                if METRICS[t].scale == "log":
                     c = correlation(
                         [x for x, _ in pairs], [y for _, y in pairs], log=True, bootstrap=bootstrap, seed=seed
                     )
@@ -207,10 +218,15 @@ def _csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_report(sweep_dir: str | Path, *, bootstrap: int = 1000, plots: bool = True) -> dict[str, Any]:
-    """Write ``report/report.md``, ``correlations.csv``, ``correlations.tex`` and plots; return paths and tables."""
-    out = Path(sweep_dir) / "report"
-    rows = load_rows(sweep_dir)
+def write_report(
+    sweep_dir: str | Path, *, bootstrap: int = 1000, plots: bool = True, attack: str = WORST
+) -> dict[str, Any]:
+    """Write ``report/report.md``, ``correlations.csv``, ``correlations.tex`` and plots; return paths and tables.
+
+    ``attack`` picks the attack errors (see :func:`load_rows`): the suite's worst case by default.
+    """
+    layout = RunLayout(sweep_dir)
+    rows = load_rows(sweep_dir, attack)
     table = correlation_table(rows, bootstrap=bootstrap)
     rank = ranking(rows)
     has_attack = any(r.targets.get("l2_error") is not None for r in rows)
@@ -221,18 +237,26 @@ def write_report(sweep_dir: str | Path, *, bootstrap: int = 1000, plots: bool = 
     if n_failed:
         reasons = sorted({r.reason or "" for r in rows if r.status != "ok"})
         head += "Failure reasons: " + "; ".join(reasons[:5]) + "\n\n"
+    if attack != WORST:
+        head += f"Attack errors of the attack {attack!r}.\n\n"
+    elif any(r.attacks > 1 for r in rows):
+        most = max(r.attacks for r in rows)
+        head += (
+            f"Attack errors are the worst case per victim over each trial's attack suite (up to {most} "
+            "attacks): per metric, the attack best for the attacker.\n\n"
+        )
     md = head + (_markdown(table, rank, main) if has_attack else _markdown([], rank, main))
     paths = {
-        "markdown": atomic_write_text(out / "report.md", md + "\n"),
-        "csv": atomic_write_text(out / "correlations.csv", _csv(table)),
-        "latex": atomic_write_text(out / "correlations.tex", _latex(table, main)),
+        "markdown": atomic_write_text(layout.report_file("report.md"), md + "\n"),
+        "csv": atomic_write_text(layout.report_file("correlations.csv"), _csv(table)),
+        "latex": atomic_write_text(layout.report_file("correlations.tex"), _latex(table, main)),
     }
     if plots:
         from dglbench.sweep.plots import plot_ranking, plot_scatter, plot_strength
 
         if has_attack and any(r.predictors.get("lower_bound") is not None for r in rows):
-            paths["scatter"] = plot_scatter(rows, out / "i2f_vs_error")
+            paths["scatter"] = plot_scatter(rows, layout.report_file("i2f_vs_error"))
         if has_attack:
-            paths["strength"] = plot_strength(rows, out / "metric_vs_strength")
-        paths["ranking"] = plot_ranking(rank, out / "risk_ranking")
+            paths["strength"] = plot_strength(rows, layout.report_file("metric_vs_strength"))
+        paths["ranking"] = plot_ranking(rank, layout.report_file("risk_ranking"))
     return {"paths": paths, "table": table, "ranking": rank, "markdown": md}

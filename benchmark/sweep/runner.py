@@ -1,11 +1,7 @@
 """Run a sweep: expand the spec, skip finished trials, run the rest on Lightning, one record file each.
 
-Layout of a sweep folder::
-
-    spec.yaml                     the spec as given (copied once)
-    sweep.json                    trial ids in order, with their configurations
-    records/<trial_id>.json       one record file per finished trial (written atomically)
-    parts/<trial_id>/victim-*.json  per-victim records of a trial in flight (resume inside a trial)
+A sweep folder is a run folder (:class:`~dglbench.layout.RunLayout`): the spec as given, the trial
+ids in order, one record file per finished trial, and the per-victim records of a trial in flight.
 
 A killed sweep loses at most the victims in flight; re-running the same command resumes it.
 Failed victims are recorded with ``status: failed`` and their reason, never dropped.
@@ -21,7 +17,8 @@ from typing import Any
 import yaml
 from dglbench.checks import is_valid_record, set_aside_invalid
 from dglbench.io import atomic_write_json, atomic_write_text, check_output_dir
-from dglbench.runner import is_global_zero, record_path, run_trial
+from dglbench.layout import RunLayout
+from dglbench.runner import is_global_zero, run_trial
 from dglbench.sweep.guard import FolderLock, check_same_spec
 from dglbench.sweep.spec import SweepSpec, load_spec
 from tqdm.auto import tqdm
@@ -70,7 +67,7 @@ def run_sweep(
     if is_global_zero():  # the other DDP ranks are this sweep's own helpers
         lock.acquire()
     try:
-        check_same_spec(out / "spec.yaml", sweep.source, force)
+        check_same_spec(RunLayout(out).spec, sweep.source, force)
         return _run_sweep(sweep, out, devices, accelerator, progress, max_trials, num_nodes, force)
     finally:
         lock.release()
@@ -86,12 +83,12 @@ def _run_sweep(
     num_nodes: int,
     force: bool,
 ) -> SweepResult:
+    layout = RunLayout(out)
     trials = sweep.trials()
-    spec_copy = out / "spec.yaml"
-    if force or not spec_copy.exists():
-        atomic_write_text(spec_copy, yaml.safe_dump(sweep.source, sort_keys=False))
+    if force or not layout.spec.exists():
+        atomic_write_text(layout.spec, yaml.safe_dump(sweep.source, sort_keys=False))
     atomic_write_json(
-        out / "sweep.json",
+        layout.sweep_index,
         {
             "schema_version": 1,
             "name": sweep.name,
@@ -102,11 +99,11 @@ def _run_sweep(
     bar = tqdm(trials, desc=f"sweep {sweep.name}", unit="trial", disable=not (progress and is_global_zero()))
     for cfg in bar:
         if is_global_zero():  # a record cut short or edited by hand is not done: moved aside, re-run
-            set_aside_invalid(record_path(out, cfg))
-        if is_valid_record(record_path(out, cfg)):
+            set_aside_invalid(layout.trial_record(cfg.trial_id))
+        if is_valid_record(layout.trial_record(cfg.trial_id)):
             skipped += 1
             if is_global_zero():  # a run killed between the record and the clean-up leaves part files
-                shutil.rmtree(out / "parts" / cfg.trial_id, ignore_errors=True)
+                shutil.rmtree(layout.parts(cfg.trial_id).directory, ignore_errors=True)
             continue
         if max_trials is not None and ran >= max_trials:
             break
@@ -114,8 +111,8 @@ def _run_sweep(
         records = run_trial(
             cfg, devices=devices, accelerator=accelerator, output_dir=out, progress=False, num_nodes=num_nodes
         )
-        failed += sum(r["status"] != "ok" for r in records)
+        failed += sum(not r.ok for r in records)
         ran += 1
         if is_global_zero():  # other ranks return at once; rank 0 may still be merging this trial's parts
-            shutil.rmtree(out / "parts" / cfg.trial_id, ignore_errors=True)
+            shutil.rmtree(layout.parts(cfg.trial_id).directory, ignore_errors=True)
     return SweepResult(out, len(trials), ran, skipped, failed)

@@ -12,27 +12,28 @@ from dglbench.datamodules import create_datamodule
 from dglbench.errors import ConfigError, UnknownNameError
 from dglbench.gradients import flat_parameter_gradient
 from dglbench.modules import LeakageModule, RecordWriter, build_victim_model
+from dglbench.record import SCHEMA_VERSION, VictimRecord
 from dglbench.runner import load_trial_records, make_trainer, record_path, run_trial
 from dglbench.trial import TrialConfig
 
 VICTIMS = 4
 DATA = {"num_victims": VICTIMS, "image_size": 8}
-ATTACK = {"max_iterations": 200}  # 8x8 digits, convnet5: enough to recover undefended images
+ATTACK = {"max_iterations": 200, "cosine_scope": "layer"}  # 8x8 digits, convnet5: recovers undefended images
 RECORD_KEYS = {
-    "schema_version", "trial_id", "victim_id", "indices", "protocol", "config", "mode", "status", "reason", "i2f",
-    "attack", "metrics", "utility", "defense", "seconds", "peak_memory_mb", "provenance",
+    "schema_version", "trial_id", "victim_id", "indices", "protocol", "config", "mode", "status", "reason",
+    "estimate", "attacks", "worst", "utility", "defense", "timings", "provenance",
 }  # fmt: skip
-I2F_KEYS = {
-    "lower_bound", "jt_delta", "max_eigenvalue", "lower_bound_converged", "exact", "exact_converged",
-    "exact_residual", "products",
+OUTCOME_KEYS = {
+    "name", "params", "key", "adaptive", "status", "reason", "iterations", "restarts", "final_loss", "seconds",
+    "label_source", "metrics",
 }  # fmt: skip
-ATTACK_KEYS = {"name", "iterations", "restarts", "final_loss", "seconds", "label_source", "status", "reason"}
 METRIC_KEYS = {"mse", "rmse", "l2_error", "psnr", "ssim", "lpips_alex", "lpips_vgg", "label_accuracy"}
 PROVENANCE_KEYS = {"dglbench", "torch", "timm", "lightning", "python", "git_commit", "hostname", "device", "dtype"}
 
 
 def config(**kw) -> TrialConfig:
-    return TrialConfig.from_dict({"dataset_params": DATA, "lpips": False, "attack_params": ATTACK, **kw})
+    attack = {} if "attacks" in kw else {"attack_params": ATTACK}
+    return TrialConfig.from_dict({"dataset_params": DATA, "lpips": False, **attack, **kw})
 
 
 def victims(num_victims: int = VICTIMS) -> dict:
@@ -43,44 +44,50 @@ def victims(num_victims: int = VICTIMS) -> dict:
 
 
 @pytest.fixture(scope="module")
-def undefended() -> tuple[TrialConfig, list[dict]]:
+def undefended() -> tuple[TrialConfig, list[VictimRecord]]:
     cfg = config()
     return cfg, run_trial(cfg, progress=False)
 
 
-def check_common(records: list[dict], cfg: TrialConfig, mode: str) -> None:
+def check_common(records: list[VictimRecord], cfg: TrialConfig, mode: str) -> None:
     truth = victims()
-    assert [r["victim_id"] for r in records] == list(range(VICTIMS))
+    assert [r.victim_id for r in records] == list(range(VICTIMS))
     for r in records:
-        assert set(r) == RECORD_KEYS
-        json.dumps(r, allow_nan=False)  # plain JSON
-        assert r["schema_version"] == 1 and r["trial_id"] == cfg.trial_id and r["config"] == cfg.to_dict()
-        assert r["mode"] == mode and r["status"] == "ok" and r["reason"] is None
-        assert r["indices"] == truth["indices"][r["victim_id"]].tolist()
-        assert r["protocol"]["dataset"] == "digits" and r["protocol"]["image_size"] == 8
-        assert r["protocol"]["num_victims"] == VICTIMS
-        assert set(r["seconds"]) == {"defense", "i2f", "attack", "metrics", "total"}
-        assert all(v >= 0 for v in r["seconds"].values()) and r["seconds"]["total"] > 0
-        assert r["peak_memory_mb"] > 0
-        assert set(r["provenance"]) >= PROVENANCE_KEYS and r["provenance"]["dtype"] == "float32"
-        assert r["defense"]["name"] == cfg.defense and set(r["utility"]) == {"gradient_cosine"}
+        stored = r.to_dict()
+        assert set(stored) == RECORD_KEYS
+        json.dumps(stored, allow_nan=False)  # plain JSON
+        assert VictimRecord.from_dict(stored) == r
+        assert r.schema_version == SCHEMA_VERSION and r.trial_id == cfg.trial_id and r.config == cfg.to_dict()
+        assert r.mode == mode and r.status == "ok" and r.reason is None
+        assert list(r.indices) == truth["indices"][r.victim_id].tolist()
+        assert r.protocol["dataset"] == "digits" and r.protocol["image_size"] == 8
+        assert r.protocol["num_victims"] == VICTIMS
+        t = r.timings
+        assert min(t.defense, t.i2f, t.attack, t.metrics) >= 0 and t.total > 0 and t.peak_memory_mb > 0
+        assert set(r.provenance) >= PROVENANCE_KEYS and r.provenance["dtype"] == "float32"
+        assert r.defense["name"] == cfg.defense and set(r.utility) == {"gradient_cosine"}
 
 
 def test_both_mode_records_and_undefended_attack_recovers_every_victim(undefended):
     cfg, records = undefended
     check_common(records, cfg, "both")
     for r in records:
-        assert set(r["i2f"]) == I2F_KEYS and set(r["i2f"]["exact"]) == {"0.1"}
-        assert set(r["attack"]) == ATTACK_KEYS and r["attack"]["status"] == "ok"
-        assert r["attack"]["name"] == "inverting_gradients" and r["attack"]["iterations"] == 200
-        assert set(r["metrics"]) >= METRIC_KEYS
+        assert set(r.estimate.exact) == {"0.1"} and set(r.estimate.exact_residual) == {"0.1"}
+        (outcome,) = r.attacks  # no defense: no adaptive attack
+        assert set(r.to_dict()["attacks"][0]) == OUTCOME_KEYS and outcome.status == "ok" and not outcome.adaptive
+        assert outcome.name == outcome.key == "inverting_gradients" and outcome.iterations == 200
+        assert outcome.params == ATTACK and set(outcome.metrics) >= METRIC_KEYS
+        # one attack: the worst case is that attack
+        assert r.worst.status == "ok" and (r.worst.attacks, r.worst.failed) == (1, 0)
+        assert set(r.worst.source.values()) == {"inverting_gradients"}
+        assert all(r.metrics[m] == outcome.metrics[m] for m in METRIC_KEYS)
         # no defense: the shared gradient is the clean one, so δ = 0 and every I2F term is exactly 0
-        assert r["i2f"]["jt_delta"] == 0 and r["i2f"]["lower_bound"] == 0 and r["i2f"]["exact"]["0.1"] == 0
-        assert r["utility"]["gradient_cosine"] == pytest.approx(1, abs=1e-5)
-        assert r["metrics"]["psnr"] >= 30, r["metrics"]
+        assert r.estimate.jt_delta == 0 and r.estimate.lower_bound == 0 and r.estimate.exact["0.1"] == 0
+        assert r.utility["gradient_cosine"] == pytest.approx(1, abs=1e-5)
+        assert r.metric("psnr") >= 30, r.metrics
         # the recorded error terms agree with each other: RMSE = ‖x̂ − x‖ / √d_x
-        assert r["metrics"]["rmse"] == pytest.approx(r["metrics"]["l2_error"] / 8, rel=1e-4)
-        assert r["metrics"]["lpips_alex"] is None  # lpips: false
+        assert r.metric("rmse") == pytest.approx(r.metric("l2_error") / 8, rel=1e-4)
+        assert r.metrics["lpips_alex"] is None  # lpips: false
 
 
 def test_recorded_max_eigenvalue_matches_a_finite_difference_jacobian(undefended):
@@ -99,7 +106,7 @@ def test_recorded_max_eigenvalue_matches_a_finite_difference_jacobian(undefended
             cols.append((flat_parameter_gradient(model, x + e, y) - flat_parameter_gradient(model, x - e, y)) / (2 * h))
         k = torch.stack(cols, dim=1)  # [d_θ, d_x]
         lam = torch.linalg.eigvalsh(k.T @ k)[-1].item()
-        assert records[j]["i2f"]["max_eigenvalue"] == pytest.approx(lam, rel=1e-2)
+        assert records[j].estimate.max_eigenvalue == pytest.approx(lam, rel=1e-2)
 
 
 def test_estimate_only_mode():
@@ -107,14 +114,13 @@ def test_estimate_only_mode():
     records = run_trial(cfg, progress=False)
     check_common(records, cfg, "estimate")
     for r in records:
-        assert r["attack"] is None and r["metrics"] is None
-        assert set(r["i2f"]) == I2F_KEYS
-        i = r["i2f"]
-        assert i["lower_bound"] > 0 and i["lower_bound_converged"]
-        assert i["lower_bound"] == pytest.approx(i["jt_delta"] / i["max_eigenvalue"], rel=1e-5)
+        assert r.attacks == () and r.worst is None and r.metrics is None
+        i = r.estimate
+        assert i.lower_bound > 0 and i.lower_bound_converged
+        assert i.lower_bound == pytest.approx(i.jt_delta / i.max_eigenvalue, rel=1e-5)
         # damped exact I2F with ε = 0.1 is at most ‖Kᵀδ‖ / ε (the smallest eigenvalue of KᵀK + εI is ≥ ε)
-        assert 0 < i["exact"]["0.1"] <= i["jt_delta"] / 0.1 * (1 + 1e-3)
-        assert r["utility"]["gradient_cosine"] < 1
+        assert 0 < i.exact["0.1"] <= i.jt_delta / 0.1 * (1 + 1e-3)
+        assert r.utility["gradient_cosine"] < 1
 
 
 def test_attack_only_mode():
@@ -122,7 +128,7 @@ def test_attack_only_mode():
     records = run_trial(cfg, progress=False)
     check_common(records, cfg, "attack")
     for r in records:
-        assert r["i2f"] is None and r["attack"]["iterations"] == 20 and set(r["metrics"]) >= METRIC_KEYS
+        assert r.estimate is None and r.attacks[0].iterations == 20 and set(r.metrics) >= METRIC_KEYS
 
 
 def test_module_mode_argument(tmp_path):
@@ -132,9 +138,9 @@ def test_module_mode_argument(tmp_path):
         module = LeakageModule(cfg.to_dict(), mode=mode)
         trainer = make_trainer(1, "cpu", False, [RecordWriter(tmp_path / mode)])
         (batch,) = trainer.predict(module, datamodule=dm)
-        assert [r["mode"] for r in batch] == [mode, mode]
-        assert all((r["i2f"] is None) == (mode == "attack") for r in batch)
-        assert all((r["metrics"] is None) == (mode == "estimate") for r in batch)
+        assert [r.mode for r in batch] == [mode, mode]
+        assert all((r.estimate is None) == (mode == "attack") for r in batch)
+        assert all((r.metrics is None) == (mode == "estimate") for r in batch)
         assert sorted(p.name for p in (tmp_path / mode).iterdir()) == ["victim-000000.json", "victim-000001.json"]
     assert LeakageModule(config(attack=None)).mode == "estimate"
     with pytest.raises(ConfigError, match="mode"):
@@ -148,10 +154,10 @@ def test_stronger_noise_gives_worse_reconstructions_and_larger_i2f():
     l2, lb, exact = [], [], []
     for sigma in sigmas:
         records = run_trial(config(defense="gaussian", defense_params={"sigma": sigma}), progress=False)
-        assert all(r["status"] == "ok" for r in records)
-        l2.append(statistics.mean(r["metrics"]["l2_error"] for r in records))
-        lb.append(statistics.mean(r["i2f"]["lower_bound"] for r in records))
-        exact.append(statistics.mean(r["i2f"]["exact"]["0.1"] for r in records))
+        assert all(r.ok for r in records)
+        l2.append(statistics.mean(r.metric("l2_error") for r in records))
+        lb.append(statistics.mean(r.estimate.lower_bound for r in records))
+        exact.append(statistics.mean(r.estimate.exact["0.1"] for r in records))
     assert l2 == sorted(l2) and len(set(l2)) == 3, l2
     assert lb == sorted(lb) and len(set(lb)) == 3, lb
     assert exact == sorted(exact) and len(set(exact)) == 3, exact
@@ -201,19 +207,19 @@ def test_a_failing_victim_is_recorded_and_the_others_go_on(tmp_path, monkeypatch
         attack_params={"max_iterations": 10},
     )
     records = run_trial(cfg, output_dir=tmp_path / "out", progress=False)
-    assert [r["victim_id"] for r in records] == list(range(VICTIMS))
+    assert [r.victim_id for r in records] == list(range(VICTIMS))
     for r in records:
-        if r["victim_id"] == bad:
-            assert r["status"] == "failed"
-            assert r["reason"].startswith("defense: ") and expected in r["reason"], r["reason"]
-            assert f"'dglbench_test_nan_defense:{name}'" in r["reason"]  # the defense is named
-            assert r["i2f"] is None and r["metrics"] is None and r["attack"] is None
+        if r.victim_id == bad:
+            assert r.status == "failed"
+            assert r.reason.startswith("defense: ") and expected in r.reason, r.reason
+            assert f"'dglbench_test_nan_defense:{name}'" in r.reason  # the defense is named
+            assert r.estimate is None and r.metrics is None and r.attacks == ()
         else:
-            assert r["status"] == "ok" and r["reason"] is None
-            assert r["i2f"]["max_eigenvalue"] > 0 and r["metrics"]["psnr"] is not None
+            assert r.status == "ok" and r.reason is None
+            assert r.estimate.max_eigenvalue > 0 and r.metric("psnr") is not None
     # the failure is kept in the trial's record file
-    stored = load_trial_records(record_path(tmp_path / "out", cfg))["victims"]
-    assert [r["status"] for r in stored] == [r["status"] for r in records]
+    stored = load_trial_records(record_path(tmp_path / "out", cfg))
+    assert [r.status for r in stored] == [r.status for r in records]
 
 
 @pytest.mark.parametrize(
@@ -236,33 +242,33 @@ def test_resume_within_a_trial_skips_finished_victims(tmp_path):
     final.unlink()
     kept = parts / "victim-000001.json"
     rec = json.loads(kept.read_text())
-    rec["sentinel"] = "not recomputed"
+    rec["provenance"]["sentinel"] = "not recomputed"
     kept.write_text(json.dumps(rec))
     for p in parts.glob("victim-*.json"):
         if p != kept:
             p.unlink()
     second = run_trial(cfg, output_dir=tmp_path, progress=False)
-    assert [r["victim_id"] for r in second] == list(range(VICTIMS))
-    assert [("sentinel" in r) for r in second] == [False, True, False, False]
+    assert [r.victim_id for r in second] == list(range(VICTIMS))
+    assert [("sentinel" in r.provenance) for r in second] == [False, True, False, False]
     for a, b in zip(first, second):  # recomputed victims reproduce the first run (seeded per victim)
-        assert b["i2f"]["lower_bound"] == pytest.approx(a["i2f"]["lower_bound"], rel=1e-6)
+        assert b.estimate.lower_bound == pytest.approx(a.estimate.lower_bound, rel=1e-6)
     # a finished trial is not run again: its record file is returned as it is
     stored = json.loads(final.read_text())
-    stored["victims"][0]["sentinel"] = "from the record file"
+    stored["victims"][0]["provenance"]["sentinel"] = "from the record file"
     final.write_text(json.dumps(stored))
     third = run_trial(cfg, output_dir=tmp_path, progress=False)
-    assert third[0]["sentinel"] == "from the record file"
+    assert third[0].provenance["sentinel"] == "from the record file"
 
 
 def test_record_writer_writes_only_owned_victims(tmp_path):
     class FakeTrainer:
         global_rank, world_size = 1, 2
 
-    records = [{"victim_id": j, "status": "ok", "value": math.pi} for j in range(5)]
+    records = [VictimRecord(trial_id="t", victim_id=j, utility={"value": math.pi}) for j in range(5)]
     RecordWriter(tmp_path).write_records(FakeTrainer(), records + records[:1])  # a padding repeat of victim 0
     written = sorted(p.name for p in Path(tmp_path).iterdir())
     assert written == ["victim-000001.json", "victim-000003.json"]
-    assert json.loads((tmp_path / "victim-000003.json").read_text())["value"] == math.pi
+    assert VictimRecord.from_dict(json.loads((tmp_path / "victim-000003.json").read_text())) == records[3]
 
 
 def test_non_finite_i2f_fails_only_that_victim_and_the_record_is_still_written(monkeypatch, tmp_path):
@@ -285,7 +291,59 @@ def test_non_finite_i2f_fails_only_that_victim_and_the_record_is_still_written(m
     config = TrialConfig(attack=None, defense="gaussian", defense_params={"sigma": 0.01},
                          dataset_params={"num_victims": 3}, victims_per_step=3)  # fmt: skip
     records = run_trial(config, progress=False, output_dir=tmp_path)
-    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
-    assert "non-finite I2F" in records[1]["reason"]
-    assert records[1]["i2f"]["lower_bound"] is None  # stored as null: JSON has no NaN
-    assert records[0]["i2f"]["lower_bound"] > 0
+    assert [r.status for r in records] == ["ok", "failed", "ok"]
+    assert "non-finite I2F" in records[1].reason
+    assert records[1].estimate.lower_bound is None  # stored as null: JSON has no NaN
+    assert records[0].estimate.lower_bound > 0
+
+
+SUITE = [
+    {"name": "inverting_gradients", "params": {"max_iterations": 20}},
+    {"name": "dlg", "params": {"max_iterations": 3}},
+]
+TWO = {"num_victims": 2, "image_size": 8}
+
+
+def test_attack_suite_with_the_defenses_adaptive_attack_and_its_worst_case():
+    """Two listed attacks plus the adaptive one 1-bit quantization declares; the worst case worked out here."""
+    cfg = config(attacks=SUITE, defense="quantization", defense_params={"bits": 1}, dataset_params=TWO,
+                 estimate=False)  # fmt: skip
+    records = run_trial(cfg, progress=False)
+    for r in records:
+        assert r.ok and [a.key for a in r.attacks] == ["inverting_gradients", "dlg", "ig_sign"]
+        assert [a.adaptive for a in r.attacks] == [False, False, True]
+        assert r.attacks[2].params["max_iterations"] == 20  # the suite's budget (its first attack's)
+        assert all(a.status == "ok" for a in r.attacks) and (r.worst.attacks, r.worst.failed) == (3, 0)
+        for metric, pick in (("psnr", max), ("ssim", max), ("l2_error", min), ("rmse", min)):
+            values = {a.key: a.metrics[metric] for a in r.attacks}
+            best = pick(values.values())
+            assert r.metric(metric) == best and values[r.worst.source[metric]] == best
+    # the first attack draws what it drew in a one-attack trial: adding attacks changes none of its numbers
+    alone = run_trial(config(attack_params=SUITE[0]["params"], defense="quantization", defense_params={"bits": 1},
+                             dataset_params=TWO, estimate=False, adaptive=False), progress=False)  # fmt: skip
+    for a, r in zip(alone, records):
+        assert [o.key for o in a.attacks] == ["inverting_gradients"]
+        assert a.attacks[0].metrics["psnr"] == pytest.approx(r.attacks[0].metrics["psnr"], rel=1e-6)
+    assert config(adaptive=False).trial_id != config().trial_id
+
+
+@pytest.mark.parametrize("suite", ["two", "one"])
+def test_a_failed_attack_is_recorded_and_left_out_of_the_worst_case(monkeypatch, suite):
+    from dglbench.attacks import DLG
+
+    def boom(self, *args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(DLG, "run_many", boom)
+    attacks = SUITE if suite == "two" else SUITE[1:]
+    records = run_trial(config(attacks=attacks, dataset_params=TWO, estimate=False), progress=False)
+    for r in records:
+        dlg = r.attack("dlg")
+        assert dlg.status == "failed" and dlg.reason == "attack: ValueError: boom" and dlg.metrics is None
+        if suite == "two":  # the other attack still measures the victim; the failure is counted, not dropped
+            assert r.ok and (r.worst.attacks, r.worst.failed) == (1, 1)
+            assert r.metric("psnr") == r.attack("inverting_gradients").metrics["psnr"]
+            assert set(r.worst.source.values()) == {"inverting_gradients"}
+        else:  # every attack failed: the victim's worst case failed, and so did the victim
+            assert not r.ok and r.reason == "attack: ValueError: boom" and r.metrics is None
+            assert r.worst.status == "failed" and (r.worst.attacks, r.worst.failed) == (0, 1)

@@ -1,15 +1,15 @@
 """Sweep reports on synthetic records with known relations: correlations, failures, files."""
 
-import copy
 import csv
-import json
+import dataclasses
 import math
 import random
 import statistics
 
 import pytest
 from dglbench.errors import DglbenchError
-from dglbench.io import atomic_write_json
+from dglbench.layout import RunLayout, read_trial_records, write_trial_records
+from dglbench.record import VictimRecord
 from dglbench.runner import run_trial
 from dglbench.sweep.report import correlation_table, load_rows, ranking, write_report
 from dglbench.trial import TrialConfig
@@ -19,35 +19,37 @@ SIGMAS = (0.001, 0.01, 0.1)
 
 
 @pytest.fixture(scope="module")
-def template() -> dict:
-    """One real victim record (the format run_trial writes); the tests overwrite its numbers."""
+def template() -> VictimRecord:
+    """One real victim record (run_trial's); the tests put synthetic numbers into copies of it."""
     cfg = TrialConfig.from_dict(
         {"dataset_params": {"num_victims": 1, "image_size": 8}, "lpips": False, "attack_params": {"max_iterations": 2}}
     )
     (record,) = run_trial(cfg, progress=False)
-    assert record["status"] == "ok" and record["i2f"] and record["metrics"]
+    assert record.ok and record.estimate and record.metrics
     return record
+
+
+def synthetic(template: VictimRecord, v: dict, **fields) -> VictimRecord:
+    """A copy of the real record with synthetic I2F and attack numbers (``v``: lb, exact, l2, ssim, failed)."""
+    estimate = dataclasses.replace(template.estimate, lower_bound=v["lb"], exact={"0.1": v["exact"]})
+    rmse = v["l2"] / 8
+    values = {"l2_error": v["l2"], "rmse": rmse, "mse": rmse**2, "psnr": -20 * math.log10(rmse), "ssim": v["ssim"]}
+    outcomes = [dataclasses.replace(a, metrics={**a.metrics, **values, "lpips_alex": None}) for a in template.attacks]
+    rec = dataclasses.replace(template, estimate=estimate, **fields).with_attacks(outcomes)
+    if v.get("failed"):
+        rec = dataclasses.replace(rec, status="failed", reason="attack: synthetic failure")
+    return rec
 
 
 def write_trial(folder, template, model, sigma, victims):
     """A trial record file with synthetic victims: each a dict of lb, exact, l2, ssim and optional status."""
     cfg = TrialConfig.from_dict(
-        {**template["config"], "model": model, "defense": "gaussian", "defense_params": {"sigma": sigma}}
+        {**template.config, "model": model, "defense": "gaussian", "defense_params": {"sigma": sigma}}
     )
-    records = []
-    for j, v in enumerate(victims):
-        rec = copy.deepcopy(template)
-        rec.update(victim_id=j, trial_id=cfg.trial_id, config=cfg.to_dict())
-        rec["i2f"].update(lower_bound=v["lb"], exact={"0.1": v["exact"]})
-        rmse = v["l2"] / 8
-        rec["metrics"].update(
-            l2_error=v["l2"], rmse=rmse, mse=rmse**2, psnr=-20 * math.log10(rmse), ssim=v["ssim"], lpips_alex=None
-        )
-        if v.get("failed"):
-            rec.update(status="failed", reason="attack: synthetic failure")
-        records.append(rec)
-    body = {"schema_version": 1, "trial_id": cfg.trial_id, "config": cfg.to_dict(), "victims": records}
-    atomic_write_json(folder / "records" / f"{cfg.trial_id}.json", body)
+    records = [
+        synthetic(template, v, victim_id=j, trial_id=cfg.trial_id, config=cfg.to_dict()) for j, v in enumerate(victims)
+    ]
+    write_trial_records(RunLayout(folder).trial_record(cfg.trial_id), cfg.trial_id, cfg.to_dict(), records)
 
 
 def synthetic_sweep(folder, template, n_random: int = 200) -> dict:
@@ -140,19 +142,19 @@ def test_report_files(tmp_path, template):
 
 
 def strip(folder, *sections):
-    """Turn the records into estimate-only (metrics, attack) or attack-only (i2f) records."""
-    for path in (folder / "records").glob("*.json"):
-        trial = json.loads(path.read_text())
-        for v in trial["victims"]:
-            v.update(dict.fromkeys(sections))
-        path.write_text(json.dumps(trial))
+    """Turn the records into estimate-only (attacks) or attack-only (estimate) records."""
+    for path in RunLayout(folder).trial_records():
+        records = read_trial_records(path)
+        empty = {"attacks": (), "worst": None, "estimate": None}
+        records = [dataclasses.replace(r, **{k: empty[k] for k in sections}) for r in records]
+        write_trial_records(path, records[0].trial_id, records[0].config, records)
 
 
 def test_estimate_only_sweep_reports_the_ranking(tmp_path, template):
     victims = [{"lb": v, "exact": v, "l2": 1.0, "ssim": 0.5} for v in (0.1, 0.2, 0.3)]
     write_trial(tmp_path, template, "mlp_1x256", 0.01, [*victims, {**victims[0], "failed": True}])
     write_trial(tmp_path, template, "convnet5", 0.01, [{**v, "lb": 10 * v["lb"]} for v in victims])
-    strip(tmp_path, "metrics", "attack")
+    strip(tmp_path, "attacks", "worst")
     rep = write_report(tmp_path, bootstrap=0)
     assert set(rep["paths"]) == {"markdown", "csv", "latex", "ranking"}  # no attack: no scatter, no strength plot
     assert [(r["architecture"], r["median_i2f_lb"], r["n"], r["failed"]) for r in rep["ranking"]] == [
@@ -173,7 +175,7 @@ def test_ranking_plot_of_undefended_trials(tmp_path, template):
 def test_attack_only_records_are_not_counted_as_failed(tmp_path, template):
     victims = [{"lb": 1.0, "exact": 1.0, "l2": v, "ssim": 0.5} for v in (1.0, 2.0, 3.0)]
     write_trial(tmp_path, template, "convnet5", 0.01, victims)
-    strip(tmp_path, "i2f")
+    strip(tmp_path, "estimate")
     rows = load_rows(tmp_path)
     assert all(r.predictors["lower_bound"] is None for r in rows)
     assert ranking(rows) == []
@@ -184,3 +186,28 @@ def test_attack_only_records_are_not_counted_as_failed(tmp_path, template):
 def test_empty_sweep_folder_is_an_error(tmp_path):
     with pytest.raises(DglbenchError, match="no trial records"):
         write_report(tmp_path)
+
+
+def test_the_suites_worst_case_is_the_default_attack_and_one_attack_can_be_selected(tmp_path, template):
+    """Two attacks per victim: the report's errors are the per-victim worst case unless one attack is named."""
+    cfg = TrialConfig.from_dict({**template.config, "defense": "gaussian", "defense_params": {"sigma": 0.01}})
+    first = template.attacks[0]
+    records = []
+    for j, (l2_first, l2_second) in enumerate([(1.0, 4.0), (5.0, 2.0), (3.0, 3.5)]):
+        outcomes = [
+            dataclasses.replace(first, metrics={**first.metrics, "l2_error": l2_first}),
+            dataclasses.replace(first, name="dlg", key="dlg", metrics={**first.metrics, "l2_error": l2_second}),
+        ]
+        records.append(
+            dataclasses.replace(template, victim_id=j, trial_id=cfg.trial_id, config=cfg.to_dict()).with_attacks(
+                outcomes
+            )
+        )
+    write_trial_records(RunLayout(tmp_path).trial_record(cfg.trial_id), cfg.trial_id, cfg.to_dict(), records)
+    assert [r.targets["l2_error"] for r in load_rows(tmp_path)] == [1.0, 2.0, 3.0]  # min per victim
+    assert [r.targets["l2_error"] for r in load_rows(tmp_path, "worst")] == [1.0, 2.0, 3.0]
+    assert [r.targets["l2_error"] for r in load_rows(tmp_path, "dlg")] == [4.0, 2.0, 3.5]
+    assert [r.targets["l2_error"] for r in load_rows(tmp_path, "ig_sign")] == [None, None, None]  # not run
+    md = write_report(tmp_path, bootstrap=0, plots=False)["markdown"]
+    assert "worst case per victim over each trial's attack suite (up to 2 attacks)" in md
+    assert "of the attack 'dlg'" in write_report(tmp_path, bootstrap=0, plots=False, attack="dlg")["markdown"]

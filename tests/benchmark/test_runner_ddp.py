@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from dglbench.layout import RunLayout, read_trial_records
 from dglbench.runner import run_trial
 from dglbench.trial import TrialConfig
 
@@ -47,21 +48,21 @@ def test_two_devices_give_the_records_of_one_device(tmp_path):
     assert f"records: d2/records/{cfg.trial_id}.json" in proc.stdout
     parts = tmp_path / "d2" / "parts" / cfg.trial_id
     assert sorted(p.name for p in parts.iterdir()) == [f"victim-{j:06d}.json" for j in range(4)]
-    two = json.loads((tmp_path / "d2" / "records" / f"{cfg.trial_id}.json").read_text())["victims"]
+    two = read_trial_records(RunLayout(tmp_path / "d2").trial_record(cfg.trial_id))
 
     one = run_trial(cfg, devices=1, output_dir=tmp_path / "d1", progress=False)
-    assert [r["victim_id"] for r in two] == [r["victim_id"] for r in one] == [0, 1, 2, 3]
+    assert [r.victim_id for r in two] == [r.victim_id for r in one] == [0, 1, 2, 3]
     for a, b in zip(one, two):
-        assert a["status"] == b["status"] == "ok"
-        assert a["indices"] == b["indices"] and a["trial_id"] == b["trial_id"] and a["config"] == b["config"]
+        assert a.status == b.status == "ok"
+        assert a.indices == b.indices and a.trial_id == b.trial_id and a.config == b.config
         for key in ("lower_bound", "jt_delta", "max_eigenvalue"):
-            assert close(a["i2f"][key], b["i2f"][key]), (key, a["i2f"], b["i2f"])
-        assert a["i2f"]["exact"].keys() == b["i2f"]["exact"].keys()
-        for eps in a["i2f"]["exact"]:
-            assert close(a["i2f"]["exact"][eps], b["i2f"]["exact"][eps])
+            assert close(getattr(a.estimate, key), getattr(b.estimate, key)), (key, a.estimate, b.estimate)
+        assert a.estimate.exact.keys() == b.estimate.exact.keys()
+        for eps in a.estimate.exact:
+            assert close(a.estimate.exact[eps], b.estimate.exact[eps])
         for key in ("l2_error", "rmse", "psnr", "ssim", "label_accuracy"):
-            assert close(a["metrics"][key], b["metrics"][key]), (key, a["metrics"][key], b["metrics"][key])
-        assert close(a["utility"]["gradient_cosine"], b["utility"]["gradient_cosine"])
+            assert close(a.metric(key), b.metric(key)), (key, a.metric(key), b.metric(key))
+        assert close(a.utility["gradient_cosine"], b.utility["gradient_cosine"])
 
     # the CSV logger (rank 0 only) has every victim, also those rank 1 ran
     (metrics_csv,) = (tmp_path / "d2" / "logs").rglob("metrics.csv")
@@ -69,7 +70,7 @@ def test_two_devices_give_the_records_of_one_device(tmp_path):
     assert sorted(int(r["step"]) for r in rows) == [0, 1, 2, 3]
     by_step = {int(r["step"]): r for r in rows}
     for rec in two:
-        assert float(by_step[rec["victim_id"]]["i2f/lower_bound"]) == pytest.approx(rec["i2f"]["lower_bound"])
+        assert float(by_step[rec.victim_id]["i2f/lower_bound"]) == pytest.approx(rec.estimate.lower_bound)
 
 
 def test_sweep_of_two_trials_on_two_devices(tmp_path):
@@ -138,12 +139,12 @@ def test_two_nodes_through_torchrun_match_one_device(tmp_path):
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     (record_file,) = (tmp_path / "out" / "records").glob("*.json")
-    multi = json.loads(record_file.read_text())["victims"]
+    multi = read_trial_records(record_file)
     config = TrialConfig.from_dict({}).with_overrides(
         {"attack": None, "dataset_params.num_victims": 4, "defense": "gaussian", "defense_params.sigma": 0.01}
     )
     single = run_trial(config, progress=False)
-    assert [r["victim_id"] for r in multi] == [r["victim_id"] for r in single] == [0, 1, 2, 3]
+    assert [r.victim_id for r in multi] == [r.victim_id for r in single] == [0, 1, 2, 3]
     for a, b in zip(multi, single):
-        assert close(a["i2f"]["lower_bound"], b["i2f"]["lower_bound"])
-        assert close(a["i2f"]["exact"]["0.1"], b["i2f"]["exact"]["0.1"])
+        assert close(a.estimate.lower_bound, b.estimate.lower_bound)
+        assert close(a.estimate.exact["0.1"], b.estimate.exact["0.1"])
