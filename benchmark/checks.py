@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from dglbench.errors import ConfigError, DglbenchError
 
-__all__ = ["check_model_accepts", "is_valid_record", "set_aside_invalid", "validate_record_file"]
+__all__ = ["check_model_accepts", "is_valid_record", "record_problem", "set_aside_invalid", "validate_record_file"]
 
 # Parts of a victim record (schema 1 and 2) whose leaves are numbers (or null / true / false), never text.
 _NUMERIC_PARTS = ("i2f", "estimate", "metrics", "seconds", "timings")
@@ -111,45 +111,39 @@ def _check_victim(rec: Any, where: str) -> None:
         raise DglbenchError(f"{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
-def validate_record_file(path: str | Path) -> Any:
-    """Read a trial file or a victim part file and check it; any problem is one :class:`DglbenchError` naming it.
-
-    Returns:
-        The parsed JSON.
-    """
+def record_problem(path: str | Path) -> str | None:
+    """What is wrong with a trial file or victim part file, in words, or ``None`` when it can be read back."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise DglbenchError(f"cannot read record {path}: {exc.strerror or exc}") from None
+        return f"it cannot be read ({exc.strerror or exc})"
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DglbenchError(
-            f"record {path} is not valid JSON ({str(exc).splitlines()[0]}); it was cut short or edited: delete it "
-            "and re-run to redo that work"
-        ) from None
+        return f"it is not valid JSON ({str(exc).splitlines()[0]}): cut short or edited"
     try:
         if path.name.startswith("victim-"):
-            _check_victim(data, "record")
+            _check_victim(data, "the record")
+        elif not isinstance(data, dict) or not isinstance(data.get("victims"), list) or not data["victims"]:
+            got = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)}"
+            return f"it is not a trial record (a mapping with a 'victims' list; got {got})"
         else:
-            if not isinstance(data, dict) or not isinstance(data.get("victims"), list) or not data["victims"]:
-                got = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)}"
-                raise DglbenchError(f"it is not a trial record (a mapping with a 'victims' list; got {got})")
             for i, rec in enumerate(data["victims"]):
                 _check_victim(rec, f"victims[{i}]")
     except DglbenchError as exc:
-        raise DglbenchError(f"record {path}: {exc}; delete it and re-run to redo that work") from None
-    return data
+        return str(exc)
+    return None
+
+
+def validate_record_file(path: str | Path) -> None:
+    """Check a trial file or a victim part file; any problem is one :class:`DglbenchError` naming the file."""
+    problem = record_problem(path)
+    if problem is not None:
+        raise DglbenchError(f"record {path}: {problem}; delete it and re-run to redo that work")
 
 
 def is_valid_record(path: str | Path) -> bool:
     """Whether ``path`` exists and passes :func:`validate_record_file` (only such a file counts as done)."""
-    if not Path(path).is_file():
-        return False
-    try:
-        validate_record_file(path)
-    except DglbenchError:
-        return False
-    return True
+    return Path(path).is_file() and record_problem(path) is None
 
 
 def set_aside_invalid(path: str | Path) -> Path | None:
@@ -161,15 +155,11 @@ def set_aside_invalid(path: str | Path) -> Path | None:
         Where it went, or ``None`` when ``path`` is absent or valid.
     """
     path = Path(path)
-    if not path.exists():
+    problem = record_problem(path) if path.exists() else None
+    if problem is None:
         return None
-    try:
-        validate_record_file(path)
-        return None
-    except DglbenchError as exc:
-        aside = path.with_name(path.name + ".invalid")
-        os.replace(path, aside)
-        reason = str(exc).split(f"record {path}: ", 1)[-1].split("; delete it", 1)[0]
-        print(f"dglbench: warning: {path} is not a valid record ({reason}); moved to {aside.name} and re-running it",
-              file=sys.stderr)  # fmt: skip
-        return aside
+    aside = path.with_name(path.name + ".invalid")
+    os.replace(path, aside)
+    print(f"dglbench: warning: {path} is not a valid record: {problem}; moved to {aside.name}, re-running it",
+          file=sys.stderr)  # fmt: skip
+    return aside
