@@ -1,7 +1,10 @@
 """``dglbench``: the command line.
 
-Every user error (bad config, unknown name, missing data, corrupt file) is printed as one line
-``dglbench: error: ...`` with exit status 2; nothing is left half-written.
+Every user error (bad config, unknown name, missing data, corrupt file, unusable hardware or output
+folder) is printed as one line ``dglbench: error: ...`` with exit status 2, checked before work starts;
+nothing is left half-written. Ctrl-C prints ``dglbench: interrupted; re-run the same command to
+resume`` and exits 130 (finished victims and trials are kept). Output into a closed pipe
+(``dglbench models | head``) stops quietly with status 141, as a process killed by SIGPIPE.
 """
 
 from __future__ import annotations
