@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from dglbench.case import DefenseContext
@@ -30,6 +30,7 @@ from dglbench.defenses.base import Defense, defense_name, register_defense
 from dglbench.defenses.noise import randn_like
 from dglbench.errors import ConfigError, DglbenchError
 from dglbench.gradients import functional_gradient, functional_state
+from dglbench.params import Count, NoiseScale, PositiveFloat, Range
 from torch import Tensor, nn
 from torch.func import vmap
 
@@ -84,18 +85,11 @@ class DPSGD(Defense):
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_clipped",)  # clips the candidate's gradient with `clip`
 
-    clip: float = 1.0
-    sigma: float = 1.0
-    delta: float = 1e-5
-    steps: int = 1
-    sample_rate: float = 1.0
-
-    def check(self) -> None:
-        self.require(self.clip > 0, "clip", "> 0")
-        self.require(self.sigma >= 0, "sigma", ">= 0")
-        self.require(0 < self.delta < 1, "delta", "in (0, 1)")
-        self.require(self.steps >= 1, "steps", ">= 1")
-        self.require(0 < self.sample_rate <= 1, "sample_rate", "in (0, 1]")
+    clip: PositiveFloat = 1.0
+    sigma: NoiseScale = 1.0
+    delta: Annotated[float, Range(gt=0, lt=1)] = 1e-5
+    steps: Count = 1
+    sample_rate: Annotated[float, Range(gt=0, le=1)] = 1.0
 
     def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
         per_example = per_example_gradients(context)

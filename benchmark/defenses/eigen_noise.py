@@ -36,6 +36,7 @@ from dglbench.defenses.base import Defense, defense_name, register_defense
 from dglbench.defenses.noise import randn_like
 from dglbench.errors import ConfigError, ShapeError
 from dglbench.influence import top_eigenpairs
+from dglbench.params import Count, NoiseScale
 from torch import Tensor
 
 __all__ = ["EigenNoise"]
@@ -58,16 +59,13 @@ class EigenNoise(Defense):
     # only approximate at its own candidate (a Lanczos solve per step); the plain attacks are the suite here.
     adaptive_attacks: ClassVar[tuple[str, ...]] = ()
 
-    scale: float = 0.01
+    scale: NoiseScale = 0.01
     ranks: str | int = "top"
-    n: int = 1
-    k: int | None = None
+    n: Count = 1
+    k: Count | None = None
     sampling: Literal["gaussian", "deterministic"] = "gaussian"
 
     def check(self) -> None:
-        self.require(self.scale >= 0, "scale", ">= 0")
-        self.require(self.n >= 1, "n", ">= 1")
-        self.require(self.k is None or self.k >= 1, "k", ">= 1 or None")
         self.selected_ranks()
 
     def _parse(self) -> tuple[int, int]:

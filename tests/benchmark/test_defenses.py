@@ -352,7 +352,7 @@ def test_bad_parameter_names_types_and_ranges_are_one_line_config_errors():
         create_defense("quantization", rounding="up")
     with pytest.raises(ConfigError, match="'ratio'.*in \\[0, 1\\]"):
         create_defense("pruning", ratio=1.5)
-    with pytest.raises(ConfigError, match="'steps': expected an integer, got str '10'; write 10 without quotes"):
+    with pytest.raises(ConfigError, match="'steps': expected an integer >= 1, got str '10'; write 10 without quotes"):
         create_defense("dp_sgd", steps="10")  # a string is not a number: command lines parse their text first
     assert create_defense("dp_sgd", steps=10, sigma=1).params == {**create_defense("dp_sgd").params, "steps": 10}
     assert isinstance(create_defense("dp_sgd", sigma=1).params["sigma"], float)  # an int passes as a float
