@@ -259,7 +259,8 @@ class MaskedInvertingGradients(AdaptiveInvertingGradients):
 
     Adapts to ``pruning`` and ``topk`` (``scope="all"``: every zero of the payload is a pruned coordinate)
     and to ``soteria`` (``scope="last_linear"``: only the zeros in the weight gradient of the last
-    ``nn.Linear`` layer, the one Soteria prunes). A sparse payload is sent as (index, value) pairs, so the
+    ``nn.Linear`` layer, the one Soteria prunes; Soteria declares ``cosine_scope="layer"`` with it, so that
+    the intact layers are matched one by one). A sparse payload is sent as (index, value) pairs, so the
     attacker knows which coordinates were dropped; the distance is :func:`masked_cosine_distance`, which
     neither rewards nor penalizes the candidate's gradient on the dropped coordinates (the plain attack
     pushes them to zero, a constraint the victim's gradient does not satisfy).

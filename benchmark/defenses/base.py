@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from dglbench.case import DefenseContext
 from dglbench.errors import ConfigError, DglbenchError, ShapeError
-from dglbench.gradients import parameter_gradients
+from dglbench.gradients import shared_update
 from dglbench.params import ParamError, check_fields, coerce
 from dglbench.registry import Registry
 from torch import Tensor
@@ -138,8 +138,9 @@ class Defense:
     def adaptive_attack_params(self, attack: str) -> dict[str, Any] | None:
         """The parameters of adaptive attack ``attack`` (one of :attr:`adaptive_attacks`) for this instance.
 
-        Only the defense's public mechanism parameters (e.g. DP-SGD's clip norm), never a budget; ``None``
-        when the attack does not apply to this instance (e.g. the sign attack on 8-bit quantization).
+        The defense's public mechanism parameters (e.g. DP-SGD's clip norm) and settings its mechanism calls
+        for (e.g. a per-layer objective), never a budget; ``None`` when the attack does not apply to this
+        instance (e.g. the sign attack on 8-bit quantization).
         """
         return {}
 
@@ -281,14 +282,20 @@ class DefendedGradient:
 
 
 def clean_gradients(context: DefenseContext) -> list[Tensor]:
-    """The victim's clean gradient under the case's loss, one tensor per ``context.parameter_names``."""
+    """The victim's clean shared quantity under the case's loss and update rule (the gradient under FedSGD,
+    ``Δθ`` under FedAvg: :func:`dglbench.gradients.shared_update`), one tensor per ``context.parameter_names``."""
     named = dict(context.model.named_parameters())
     missing = [n for n in context.parameter_names if n not in named]
     if missing:
         raise ConfigError(f"context.parameter_names lists {missing[:3]}, which the model does not have")
     with torch.enable_grad():
-        grads = parameter_gradients(
-            context.model, context.images, context.labels, context.case.loss_fn(), names=context.parameter_names
+        grads = shared_update(
+            context.model,
+            context.images,
+            context.labels,
+            context.case.loss_fn(),
+            context.case.update_rule(),
+            names=context.parameter_names,
         )
     return [g.detach() for g in grads]
 

@@ -149,7 +149,7 @@ def test_clipped_gradient_equals_dp_sgd_without_noise():
         ("dp_sgd", {"clip": 2.0}, [("ig_clipped", {"clip": 2.0})]),
         ("pruning", {"ratio": 0.9}, [("ig_masked", {})]),
         ("topk", {"ratio": 0.1}, [("ig_masked", {})]),
-        ("soteria", {"ratio": 0.5}, [("ig_masked", {"scope": "last_linear"})]),
+        ("soteria", {"ratio": 0.5}, [("ig_masked", {"scope": "last_linear", "cosine_scope": "layer"})]),
         ("quantization", {"bits": 1}, [("ig_sign", {})]),
         ("quantization", {"mode": "sign", "bits": 8}, [("ig_sign", {})]),
         (
