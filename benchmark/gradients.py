@@ -1,9 +1,11 @@
-"""The victim's gradient ``g(x) = ∇_θ ℓ(f_θ(x), y)`` and the products ``K v`` and ``Kᵀ u``.
+"""The victim's shared quantity and the products ``K v`` and ``Kᵀ u``.
 
-``K = ∂g/∂x`` is the Jacobian of the shared gradient with respect to the private input
-(``d_θ × d_x``). This module is the one place that computes ``g``, ``K v`` (forward-over-reverse:
-a JVP of the gradient) and ``Kᵀ u`` (reverse-over-reverse: a VJP of the gradient); everything
-else in dglbench calls it.
+The shared quantity depends on the client's update rule: under FedSGD (the default) it is the gradient
+``g(x) = ∇_θ ℓ(f_θ(x), y)``; under FedAvg (:class:`LocalUpdate`) it is the update ``Δθ(x) = θ_T(x) − θ_0``
+after ``T`` local SGD steps from ``θ_0`` (for one full-batch step, ``Δθ = −η g``). ``K`` is its Jacobian
+with respect to the private input (``d_θ × d_x``). This module is the one place that computes the shared
+quantity, ``K v`` (forward-over-reverse: a JVP through the gradient, or through the unrolled local steps)
+and ``Kᵀ u`` (reverse-over-reverse: a VJP); everything else in dglbench calls it.
 
 Many independent victims are handled at once: a *group* of ``V`` victims with the same batch
 shape is stacked to ``[V, B, C, H, W]`` and the per-victim gradient is vectorized with
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +38,18 @@ Perturbation = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
 
 __all__ = [
     "GradientOperator",
+    "LocalUpdate",
     "LossFn",
     "Perturbation",
     "flat_parameter_gradient",
     "flatten_perturbation",
     "functional_gradient",
     "functional_state",
+    "functional_update",
     "make_loss",
     "parameter_gradients",
     "parameter_shapes",
-    "unflatten",
+    "shared_update",
 ]
 
 
@@ -85,17 +90,6 @@ def _trainable(model: nn.Module) -> dict[str, Tensor]:
 def parameter_shapes(model: nn.Module) -> dict[str, torch.Size]:
     """Names and shapes of the parameters that make up θ (those that require grad), in order."""
     return {name: p.shape for name, p in _trainable(model).items()}
-
-
-def unflatten(flat: Tensor, shapes: Mapping[str, torch.Size]) -> dict[str, Tensor]:
-    """Split a flat ``[..., d_θ]`` vector into a name → tensor dict shaped like the parameters."""
-    out, offset = {}, 0
-    lead = flat.shape[:-1]
-    for name, shape in shapes.items():
-        n = shape.numel()
-        out[name] = flat[..., offset : offset + n].reshape(*lead, *shape)
-        offset += n
-    return out
 
 
 def flatten_perturbation(model: nn.Module, perturbation: Perturbation) -> Tensor:
@@ -228,17 +222,116 @@ def functional_gradient(
 ) -> dict[str, Tensor]:
     """``∇_θ ℓ(f_θ(images), labels)`` by ``torch.func`` (composes with ``vmap``, ``jvp``, ``vjp``).
 
-    The result is differentiable with respect to ``images`` and (soft) ``labels``.
+    The result is differentiable with respect to ``images`` and (soft) ``labels``. In train mode the
+    forward pass runs on copies of the buffers, made inside the transform: BatchNorm normalizes with the
+    batch's statistics and updates running statistics that the transforms cannot mutate and that do not
+    change θ's gradient (the model's own buffers are left as they are).
     """
+    training = model.training
 
     def loss_of(p: Mapping[str, Tensor]) -> Tensor:
-        return loss_fn(functional_call(model, (p, state), (images,)), labels)
+        buffers = {k: v.clone() for k, v in state.items()} if training else state
+        return loss_fn(functional_call(model, (p, buffers), (images,)), labels)
 
     return grad(loss_of)(dict(params))
 
 
+@dataclass(frozen=True)
+class LocalUpdate:
+    """The FedAvg client's update rule: ``T = epochs · steps`` local SGD steps of rate ``lr`` from ``θ_0``.
+
+    The schedule is fixed and known to the attacker. The client's ``B`` images are split, in their order, into
+    ``n = B / b`` mini-batches of ``b = batch_size`` images (``None``: the whole batch, ``n = 1``); ``b`` must
+    divide ``B``. Local step ``t = 0, …, T − 1`` takes one SGD step on mini-batch ``t mod n`` with the case's
+    loss (its reduction over that mini-batch):
+
+        ``θ_{t+1} = θ_t − lr · ∇_θ ℓ(f_{θ_t}(x_{(t mod n)}), y_{(t mod n)})``,   shared: ``Δθ = θ_T − θ_0``.
+
+    ``steps`` is the number of steps per epoch: with ``steps = n`` an epoch is one pass over the client's
+    images (McMahan et al.'s ``E`` epochs); with ``b = B`` and one epoch it is ``steps`` full-batch steps, the
+    reference's ``loss_steps`` (``inversefed``, whose step ``i`` also uses mini-batch ``i mod (B // b)``).
+    ``Δθ`` is accumulated as ``−lr · Σ_t g_t`` (no cancellation in ``θ_T − θ_0``). For ``T = 1`` and ``b = B``
+    it is ``−lr · g``.
+
+    Example:
+        >>> LocalUpdate(steps=2, lr=0.1, batch_size=1, epochs=2).schedule(2)
+        [slice(0, 1, None), slice(1, 2, None), slice(0, 1, None), slice(1, 2, None)]
+    """
+
+    steps: int = 1
+    lr: float = 1e-4
+    batch_size: int | None = None
+    epochs: int = 1
+
+    @property
+    def total_steps(self) -> int:
+        """``T = epochs · steps``."""
+        return self.epochs * self.steps
+
+    def schedule(self, batch: int) -> list[slice]:
+        """The mini-batch of each of the ``T`` local steps, as slices of the client's ``batch`` images."""
+        b = batch if self.batch_size is None else self.batch_size
+        if b < 1 or b > batch or batch % b:
+            raise ConfigError(
+                f"the FedAvg local batch size {b} must divide the client's batch size {batch}; "
+                f"set case.local_batch_size to a divisor of {batch} (or leave it unset for full-batch steps)"
+            )
+        n = batch // b
+        return [slice((t % n) * b, (t % n + 1) * b) for t in range(self.total_steps)]
+
+
+def functional_update(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    state: Mapping[str, Tensor],
+    loss_fn: LossFn,
+    images: Tensor,
+    labels: Tensor,
+    update: LocalUpdate | None = None,
+) -> dict[str, Tensor]:
+    """The shared quantity by ``torch.func``: the gradient (``update=None``, FedSGD) or ``Δθ`` of the FedAvg
+    rule ``update`` (the local steps unrolled), per parameter. Composes with ``vmap``, ``jvp`` and ``vjp`` and
+    is differentiable with respect to ``images`` and (soft) ``labels``.
+    """
+    if update is None:
+        return functional_gradient(model, params, state, loss_fn, images, labels)
+    delta = {k: torch.zeros_like(v) for k, v in params.items()}
+    for part in update.schedule(images.shape[0]):
+        theta = {k: params[k] + delta[k] for k in params}
+        g = functional_gradient(model, theta, state, loss_fn, images[part], labels[part])
+        delta = {k: delta[k] - update.lr * g[k] for k in params}
+    return delta
+
+
+def shared_update(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    loss: str | LossFn = "cross_entropy",
+    update: LocalUpdate | None = None,
+    *,
+    names: Sequence[str] | None = None,
+) -> list[Tensor]:
+    """What the client shares, one detached tensor per parameter of θ (``names``, default: those requiring
+    grad): the gradient :func:`parameter_gradients` under FedSGD (``update=None``), ``Δθ`` under FedAvg.
+
+    Example:
+        >>> import torch
+        >>> model, x, y = torch.nn.Linear(3, 2), torch.randn(2, 3), torch.tensor([0, 1])
+        >>> g = parameter_gradients(model, x, y)
+        >>> d = shared_update(model, x, y, update=LocalUpdate(steps=1, lr=0.5))
+        >>> all(torch.allclose(a, -0.5 * b) for a, b in zip(d, g))
+        True
+    """
+    if update is None:
+        return [t.detach() for t in parameter_gradients(model, images, labels, loss, names=names)]
+    params, state = functional_state(model, names)
+    delta = functional_update(model, params, state, make_loss(loss), images.detach(), labels.detach(), update)
+    return [t.detach() for t in delta.values()]
+
+
 class GradientOperator:
-    """``g(x)``, ``K v`` and ``Kᵀ u`` for a group of ``V`` independent victims.
+    """The shared quantity ``g(x)`` (or FedAvg's ``Δθ(x)``), ``K v`` and ``Kᵀ u`` for ``V`` independent victims.
 
     The Jacobian-transpose products reuse one stored linearization (``torch.func.vjp``); ``K v``
     is a forward-mode JVP of the gradient. Each call of :meth:`matvec` or :meth:`rmatvec` counts
@@ -250,6 +343,9 @@ class GradientOperator:
         labels: ``[B]`` class indices (or ``[B, num_classes]`` soft labels); ``[V, B, ...]`` when stacked.
         loss: the victim's loss (see :func:`make_loss`).
         stacked: whether ``images``/``labels`` carry a leading victim dimension.
+        update: the client's update rule: ``None`` for FedSGD (the shared quantity is the gradient), a
+            :class:`LocalUpdate` for FedAvg (``Δθ``; the products then go through the unrolled local steps and
+            their memory grows with the number of steps). :attr:`gradient` holds the shared quantity.
     """
 
     def __init__(
@@ -260,6 +356,7 @@ class GradientOperator:
         loss: str | LossFn = "cross_entropy",
         *,
         stacked: bool = False,
+        update: LocalUpdate | None = None,
     ) -> None:
         if not stacked:
             images, labels = images.unsqueeze(0), labels.unsqueeze(0)
@@ -267,6 +364,7 @@ class GradientOperator:
             raise ShapeError(f"images must be [B, C, H, W] (or [V, B, ...] stacked), got {tuple(images.shape)}")
         self.model = model
         self.loss_fn = make_loss(loss)
+        self.update = update
         self.images = images.detach()
         self.labels = labels.detach()
         self.num_victims = images.shape[0]
@@ -283,7 +381,7 @@ class GradientOperator:
         self.gradient: Tensor = gradient.detach()
 
     def _single_gradient(self, x: Tensor, y: Tensor) -> Tensor:
-        grads = functional_gradient(self.model, self.params, self.buffers, self.loss_fn, x, y)
+        grads = functional_update(self.model, self.params, self.buffers, self.loss_fn, x, y, self.update)
         return torch.cat([t.reshape(-1) for t in grads.values()])
 
     def _stacked_gradient(self, images: Tensor) -> Tensor:

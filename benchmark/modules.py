@@ -4,7 +4,7 @@ The algorithms are plain functions and classes (:mod:`dglbench.influence`,
 :mod:`dglbench.attacks`, :mod:`dglbench.defenses`, :mod:`dglbench.metrics`); this module only
 wires them together so that Lightning can shard victims across devices and machines.
 
-Runs under ``trainer.predict`` (or ``trainer.test``) with ``Trainer(inference_mode=False)``: the
+Runs under ``trainer.predict`` with ``Trainer(inference_mode=False)``: the
 products ``K v`` and ``Kᵀ u`` and the attacks need gradients. Under DDP each rank handles the victims
 ``j`` with ``j % world_size == rank`` and :class:`RecordWriter` writes each victim's record to its own
 file; nothing is appended to a shared file.

@@ -37,7 +37,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         if not args.no_report and res.ran + res.skipped == res.trials:
             _report(args.out, args.bootstrap)
         return
-    _report(args.dir, args.bootstrap)
+    _report(args.dir, args.bootstrap, args.attack)
 
 
 def _check_bootstrap(bootstrap: int) -> None:
@@ -45,14 +45,15 @@ def _check_bootstrap(bootstrap: int) -> None:
         raise ConfigError(f"--bootstrap must be >= 0 (resamples for the 95% intervals; 0: none), got {bootstrap}")
 
 
-def _report(folder: str | Path, bootstrap: int) -> dict[str, Any]:
+def _report(folder: str | Path, bootstrap: int, attack: str = "worst") -> dict[str, Any]:
     from dglbench.checks import validate_record_file
+    from dglbench.layout import RunLayout
     from dglbench.sweep.report import write_report
 
     _check_bootstrap(bootstrap)
-    for path in sorted((Path(folder) / "records").glob("*.json")):  # a bad file is one line naming it, first
+    for path in RunLayout(folder).trial_records():  # a bad file is one line naming it, first
         validate_record_file(path)
-    rep = write_report(folder, bootstrap=bootstrap)
+    rep = write_report(folder, bootstrap=bootstrap, attack=attack)
     print(rep["markdown"])
     print()
     for kind, path in rep["paths"].items():
@@ -94,6 +95,9 @@ def register(add: Any) -> None:
     rep = sub.add_parser("report", help="correlation tables (Markdown, CSV, LaTeX) and plots of a sweep folder")
     rep.add_argument("dir")
     rep.add_argument("--bootstrap", type=int, default=1000, help="resamples for 95%% intervals (0: no intervals)")
+    rep.add_argument("--attack", default="worst",
+                     help="whose attack errors: 'worst' (per victim, the worst case over each trial's attack suite; "
+                          "the default) or one attack of the suites by name")  # fmt: skip
     sub.add_parser("list", help="the shipped sweep specs")
     d = add("demo", _cmd_demo, "the main job on embedded data: experiment 1, correlation table and plots")
     d.add_argument("--out", default="demo_output")

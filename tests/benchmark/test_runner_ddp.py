@@ -94,7 +94,7 @@ def test_sweep_of_two_trials_on_two_devices(tmp_path):
         rec = json.loads((tmp_path / "sw" / "records" / f"{tid}.json").read_text())
         assert [v["victim_id"] for v in rec["victims"]] == [0, 1, 2, 3]
         assert all(v["status"] == "ok" and v["trial_id"] == tid for v in rec["victims"])
-        lbs.append([v["i2f"]["lower_bound"] for v in rec["victims"]])
+        lbs.append([v["estimate"]["lower_bound"] for v in rec["victims"]])
     # the second trial ran in the same DDP processes and its noise is 10x the first's
     for small, large in zip(*lbs):
         assert large == pytest.approx(10 * small, rel=1e-2)
