@@ -1,9 +1,10 @@
 """The threat model ("case") and the payload: exactly what the attacker sees.
 
-A :class:`Case` states what the server (the attacker) and the user (the victim) share: the loss
-and its reduction, the model's mode, whether labels come with the gradient, and what the server
-knows about buffers and batch size. The :class:`Payload` is built from a case and a defended
-gradient and is the only thing an attack receives besides the model.
+A :class:`Case` states what the server (the attacker) and the user (the victim) share: the client's
+update rule (FedSGD: one gradient; FedAvg: the update after local SGD steps), the loss and its
+reduction, the model's mode, whether labels come with the gradient, and what the server knows about
+buffers and batch size. The :class:`Payload` is built from a case and the defended shared quantity
+and is the only thing an attack receives besides the model.
 
 Example:
     >>> import torch
@@ -17,11 +18,12 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from dglbench.errors import ConfigError
-from dglbench.gradients import LossFn, make_loss
+from dglbench.gradients import LocalUpdate, LossFn, make_loss
+from dglbench.params import Count, Range, check_fields
 from torch import Tensor, nn
 
 __all__ = ["Case", "Payload", "DefenseContext", "make_payload"]
@@ -39,6 +41,21 @@ class Case:
         labels: ``"given"`` — the payload carries the true labels; ``"inferred"`` — the attacker
             must infer them (from the last layer's gradient, or jointly as in DLG).
         server_knows_batch_size: whether the payload tells the attacker how many images there are.
+        update: the client's update rule, known to the attacker. ``"fedsgd"`` (the default): the client
+            shares its gradient ``g``. ``"fedavg"``: it runs ``local_epochs · local_steps`` local SGD steps of
+            rate ``local_lr`` from ``θ_0`` on mini-batches of ``local_batch_size`` of its images in a fixed
+            order and shares ``Δθ = θ_T − θ_0`` (schedule: :class:`dglbench.gradients.LocalUpdate`); the
+            defense acts on ``Δθ``. The ``local_*`` fields are ignored under FedSGD.
+        local_steps: SGD steps per local epoch (5: ``inversefed``'s weight-update notebooks).
+        local_lr: the local learning rate η (1e-4: the same notebooks).
+        local_batch_size: images per local step, a divisor of the batch size; ``None``: the whole batch.
+        local_epochs: local epochs.
+
+    Example:
+        >>> Case(update="fedavg", local_steps=3, local_lr=0.1).update_rule()
+        LocalUpdate(steps=3, lr=0.1, batch_size=None, epochs=1)
+        >>> Case().update_rule() is None
+        True
     """
 
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
@@ -46,8 +63,14 @@ class Case:
     model_mode: Literal["eval", "train"] = "eval"
     labels: Literal["given", "inferred"] = "given"
     server_knows_batch_size: bool = True
+    update: Literal["fedsgd", "fedavg"] = "fedsgd"
+    local_steps: Count = 5
+    local_lr: Annotated[float, Range(gt=0)] = 1e-4
+    local_batch_size: Count | None = None
+    local_epochs: Count = 1
 
     def __post_init__(self) -> None:
+        check_fields(self, "case", skip=("loss", "reduction", "model_mode", "labels"))
         for name, allowed in (
             ("loss", ("cross_entropy", "mse")),
             ("reduction", ("mean", "sum")),
@@ -56,6 +79,12 @@ class Case:
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"case.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def update_rule(self) -> LocalUpdate | None:
+        """The client's update rule for :mod:`dglbench.gradients`: ``None`` under FedSGD, else a ``LocalUpdate``."""
+        if self.update == "fedsgd":
+            return None
+        return LocalUpdate(self.local_steps, self.local_lr, self.local_batch_size, self.local_epochs)
 
     def loss_fn(self) -> LossFn:
         """The loss both victim and attacker use: the attacker's model of the loss matches exactly."""
@@ -71,7 +100,8 @@ class Payload:
     """What the attacker receives for one victim.
 
     Attributes:
-        gradient: the defended gradient ``g̃`` as a flat ``[d_θ]`` vector.
+        gradient: the defended shared quantity as a flat ``[d_θ]`` vector: the gradient ``g̃`` under FedSGD,
+            the update ``Δθ̃`` under FedAvg (``case.update``).
         labels: the true labels when the case grants them, else ``None``.
         batch_size: the number of private images when the case grants it, else ``None``.
         case: the case the payload was made under.
@@ -84,7 +114,8 @@ class Payload:
 
 
 def make_payload(case: Case, defended_gradient: Tensor, labels: Tensor) -> Payload:
-    """Build the payload for one victim from its defended gradient and true labels."""
+    """Build the payload for one victim from its defended shared quantity (gradient, or ``Δθ`` under FedAvg:
+    :func:`dglbench.defenses.run_defense` computes it for the case) and true labels."""
     if defended_gradient.dim() != 1:
         raise ConfigError(f"the payload gradient must be a flat vector, got shape {tuple(defended_gradient.shape)}")
     return Payload(
@@ -97,13 +128,15 @@ def make_payload(case: Case, defended_gradient: Tensor, labels: Tensor) -> Paylo
 
 @dataclass
 class DefenseContext:
-    """What a defense may look at besides the gradient: the victim's model, batch and a seeded generator.
+    """What a defense may look at besides the shared quantity: the victim's model, batch and a seeded generator.
+
+    The defense acts on what the case's client shares: the gradient under FedSGD, ``Δθ`` under FedAvg.
 
     Attributes:
         model: the victim model (in the case's mode).
         images: the victim's private batch ``[B, C, H, W]`` (normalized).
         labels: ``[B]``.
-        case: the threat model (loss and reduction).
+        case: the threat model (update rule, loss and reduction).
         generator: the seeded random generator stochastic defenses must draw from.
         parameter_names: names of the trainable parameters, aligned with the gradient list.
     """

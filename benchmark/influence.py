@@ -7,6 +7,9 @@ For a victim with gradient Jacobian ``K = ∂g/∂x`` and a defense perturbation
 * eigen-directions: :func:`top_eigenpairs` gives ``λ_i``, input-space ``v_i`` and unit parameter-space
   directions ``u_i = K v_i / √λ_i``.
 
+Under FedAvg (``case=Case(update="fedavg", ...)``) the shared quantity is the update ``Δθ``, ``K = ∂Δθ/∂x``
+through the unrolled local steps and ``δ = Δθ̃ − Δθ``; every formula is the same.
+
 All solvers work matrix-free in input space (``d_x``, thousands) and never form anything of size
 ``d_θ × d_θ``. Many independent victims are solved at once: pass lists of image batches; victims with
 the same batch shape are vectorized together, each with its own Krylov coefficients.
@@ -30,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
+from dglbench.case import Case
 from dglbench.errors import ConfigError, ShapeError
 from dglbench.gradients import GradientOperator, LossFn, Perturbation, flatten_perturbation
 from torch import Tensor, nn
@@ -363,6 +367,13 @@ def _scatter(total: int, parts: list[tuple[list[int], dict[str, Tensor]]]) -> di
     return merged
 
 
+def _operator(model: nn.Module, X: Tensor, Y: Tensor, loss: str | LossFn | None, case: Case | None) -> GradientOperator:
+    """The group's operator under the case's update rule (FedSGD without a case); ``loss`` defaults to the case's."""
+    if loss is None:
+        loss = case.loss_fn() if case is not None else "cross_entropy"
+    return GradientOperator(model, X, Y, loss, stacked=True, update=None if case is None else case.update_rule())
+
+
 def _start_vectors(like: Tensor, seed: int) -> Tensor:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(like.shape, generator=gen, dtype=like.dtype).to(like.device)
@@ -374,8 +385,9 @@ def i2f_lower_bound(
     images: Tensor | Sequence[Tensor],
     labels: Tensor | Sequence[Tensor],
     perturbation: Perturbation | Sequence[Perturbation],
-    loss: str | LossFn = "cross_entropy",
+    loss: str | LossFn | None = None,
     *,
+    case: Case | None = None,
     tol: float = 1e-3,
     max_iter: int = 100,
     seed: int = 0,
@@ -391,7 +403,11 @@ def i2f_lower_bound(
             ``model.parameters()``, or a name → tensor dict; for many victims a list of those or ``[V, d_θ]``.
             For ONE victim, a ``[m, d_θ]`` matrix is ``m`` perturbations of that victim: one linearization and
             one eigensolve serve all of them, and the result has one entry per perturbation.
-        loss: the victim's loss (see :func:`dglbench.gradients.make_loss`).
+        loss: the victim's loss (see :func:`dglbench.gradients.make_loss`); default: the case's loss
+            (cross-entropy with mean reduction without a case).
+        case: the threat model whose update rule defines the shared quantity and so ``K``: ``None`` or
+            ``Case(update="fedsgd")`` — the gradient; ``Case(update="fedavg", ...)`` — ``K = ∂Δθ/∂x`` through the
+            unrolled local steps (:class:`dglbench.gradients.LocalUpdate`), and δ perturbs ``Δθ``.
         tol: relative tolerance on ``λ_max`` (Lanczos residual test).
         max_iter: most Lanczos steps (each costs one ``K v`` and one ``Kᵀ u``).
         seed: seed of the Lanczos start vector.
@@ -404,7 +420,7 @@ def i2f_lower_bound(
     total, groups = _groups(model, images, labels, perturbation, vectorize)
     parts = []
     for idx, X, Y, D in groups:
-        op = GradientOperator(model, X, Y, loss, stacked=True)
+        op = _operator(model, X, Y, loss, case)
         assert D is not None
         b = op.rmatvec_many(D)
         out = _lanczos_of(op, b, tol, max_iter, seed, ritz=0)
@@ -458,8 +474,9 @@ def i2f(
     images: Tensor | Sequence[Tensor],
     labels: Tensor | Sequence[Tensor],
     perturbation: Perturbation | Sequence[Perturbation],
-    loss: str | LossFn = "cross_entropy",
+    loss: str | LossFn | None = None,
     *,
+    case: Case | None = None,
     eps: float = 0.1,
     tol: float = 1e-5,
     max_iter: int = 500,
@@ -483,7 +500,7 @@ def i2f(
     total, groups = _groups(model, images, labels, perturbation, vectorize)
     parts = []
     for idx, X, Y, D in groups:
-        op = GradientOperator(model, X, Y, loss, stacked=True)
+        op = _operator(model, X, Y, loss, case)
         assert D is not None
         b = op.rmatvec_many(D)
         deflation = _lanczos_of(op, b, 1e-3, 100, seed, ritz=deflate) if deflate > 0 else None
@@ -508,8 +525,9 @@ def estimate_i2f(
     images: Tensor | Sequence[Tensor],
     labels: Tensor | Sequence[Tensor],
     perturbation: Perturbation | Sequence[Perturbation],
-    loss: str | LossFn = "cross_entropy",
+    loss: str | LossFn | None = None,
     *,
+    case: Case | None = None,
     eps: Sequence[float] = (0.1,),
     lower_bound_tol: float = 1e-3,
     lower_bound_max_iter: int = 100,
@@ -540,7 +558,7 @@ def estimate_i2f(
     lb_parts, products = [], []
     exact_parts: dict[float, list] = {float(e): [] for e in eps}
     for idx, X, Y, D in groups:
-        op = GradientOperator(model, X, Y, loss, stacked=True)
+        op = _operator(model, X, Y, loss, case)
         assert D is not None
         b = op.rmatvec_many(D)
         out = _lanczos_of(op, b, lower_bound_tol, lower_bound_max_iter, seed, ritz=deflate)
@@ -560,8 +578,9 @@ def top_eigenpairs(
     images: Tensor | Sequence[Tensor],
     labels: Tensor | Sequence[Tensor],
     k: int = 1,
-    loss: str | LossFn = "cross_entropy",
+    loss: str | LossFn | None = None,
     *,
+    case: Case | None = None,
     tol: float = 1e-4,
     max_iter: int = 200,
     seed: int = 0,
@@ -575,7 +594,7 @@ def top_eigenpairs(
     total, groups = _groups(model, images, labels, None, vectorize)
     parts = []
     for idx, X, Y, _ in groups:
-        op = GradientOperator(model, X, Y, loss, stacked=True)
+        op = _operator(model, X, Y, loss, case)
         out = lanczos(op.gram, _start_vectors(op.images.reshape(len(idx), -1), seed), k, tol, max_iter)
         dirs = torch.stack([op.matvec(out.eigenvectors[:, i]) for i in range(k)], 1)
         dirs = dirs / out.eigenvalues.clamp_min(torch.finfo(dirs.dtype).tiny).sqrt()[..., None]

@@ -9,6 +9,8 @@
 ``ig_quantized``            with a distance that knows a defense's mechanism (sparsification, sign,
 ``ig_clipped`` ``ig_l2``    quantization, DP-SGD clipping, Gaussian and Laplace noise); defenses
 ``ig_l1``                   declare theirs (:func:`dglbench.defenses.adaptive_attacks_for`)
+``ig_fedavg``               :class:`InvertingGradientsFedAvg` — Geiping et al. 2020, section 6: the
+                            cosine on a FedAvg update through the simulated local steps
 ==========================  ======================================================================
 
 Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> AttackResult`` for
@@ -16,8 +18,9 @@ one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResul
 
 Example:
     >>> from dglbench.attacks import ATTACKS, create_attack
-    >>> ATTACKS.list()
-    ['dlg', 'idlg', 'ig_clipped', 'ig_l1', 'ig_l2', 'ig_masked', 'ig_quantized', 'ig_sign', 'inverting_gradients']
+    >>> ATTACKS.list()  # doctest: +NORMALIZE_WHITESPACE
+    ['dlg', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2', 'ig_masked', 'ig_quantized', 'ig_sign',
+     'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
     200
 """
@@ -29,6 +32,7 @@ from typing import Any
 from dglbench.attacks.adaptive import AdaptiveInvertingGradients
 from dglbench.attacks.base import ATTACKS, Attack, AttackResult
 from dglbench.attacks.dlg import DLG, IDLG
+from dglbench.attacks.fedavg import InvertingGradientsFedAvg
 from dglbench.attacks.inverting_gradients import InvertingGradients
 from dglbench.attacks.labels import infer_labels
 
@@ -40,6 +44,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "InvertingGradients",
+    "InvertingGradientsFedAvg",
     "create_attack",
     "infer_labels",
     "list_attacks",

@@ -56,6 +56,7 @@ from typing import Literal
 import torch
 from dglbench.attacks.base import ATTACKS, Attack, Box, Outcome, Victim, best_restart, subsample
 from dglbench.attacks.objectives import GradientMatcher, cosine_distance, total_variation
+from dglbench.case import Case
 from dglbench.errors import ConfigError
 from torch import Tensor, nn
 
@@ -194,6 +195,10 @@ class InvertingGradients(Attack):
                 f"{self.max_iterations}, {self.lr}, {self.tv_weight}"
             )
 
+    def matcher(self, model: nn.Module, case: Case) -> GradientMatcher:
+        """The attacker's model of the shared quantity for ``case`` (the gradient; FedAvg attacks override it)."""
+        return GradientMatcher.for_case(model, case, vectorize=self.vectorize)
+
     def matching_cost(self, matcher: GradientMatcher, labels: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
         """The gradient-matching cost ``x [P, B, C, H, W] -> [P]`` (``1 − cos``, no prior): the restarts' score."""
         segments = matcher.segments if self.cosine_scope == "layer" else None
@@ -220,7 +225,7 @@ class InvertingGradients(Attack):
         start = torch.cat([v.inits for v in victims])  # [V*R, B, C, H, W], victim-major
         labels = torch.stack([v.labels for v in victims if v.labels is not None]).repeat_interleave(restarts, 0)
         targets = torch.stack([v.target for v in victims]).repeat_interleave(restarts, 0)
-        matcher = GradientMatcher.for_case(model, victims[0].case, vectorize=self.vectorize)
+        matcher = self.matcher(model, victims[0].case)
         objective = self.objective(matcher, labels, targets)
         run = signed_adam_descent(
             objective,
