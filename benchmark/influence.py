@@ -248,12 +248,14 @@ RITZ_ACCURACY = 1e-2  # a Ritz pair enters the preconditioner when ‖A s − θ
 def spectral_preconditioner(lanczos_out: LanczosOutput, eps: float, repeat: int = 1) -> Operator | None:
     """``M⁻¹`` from the well-converged top Ritz pairs ``(θ_i, s_i)`` of ``A = KᵀK``: deflates the top of the spectrum.
 
-    ``M⁻¹ x = x + Σ_i (σ / (θ_i + ε) − 1) s_i s_iᵀ x`` with ``σ = min_i θ_i + ε`` over the kept pairs: along
-    each kept direction the preconditioned operator has eigenvalue ≈ σ, so the condition number CG sees drops
-    from ``(λ_1 + ε)/(λ_min + ε)`` to about ``(λ_{r+1} + ε)/(λ_min + ε)``. ``M⁻¹`` is symmetric positive
-    definite for any orthonormal ``s_i`` (each coefficient lies in (−1, 0]), so preconditioned CG converges
-    to the same solution even where a Ritz vector is inexact. ``repeat`` applies each victim's ``M⁻¹`` to
-    that many consecutive rows (several right-hand sides per victim). Returns ``None`` when no pair qualifies.
+    ``M⁻¹ x = x + Σ_i (σ / (θ_i + ε) − 1) s_i s_iᵀ x`` over the kept pairs, with ``σ = θ_rest + ε`` where
+    ``θ_rest`` is the largest Ritz value not kept (the smallest kept one when all are kept): along each kept
+    direction the preconditioned operator has eigenvalue ≈ σ, at the top of the rest of the spectrum, so the
+    condition number CG sees drops from ``(λ_1 + ε)/(λ_min + ε)`` to about ``(λ_{r+1} + ε)/(λ_min + ε)``.
+    ``M⁻¹`` is symmetric positive definite for any orthonormal ``s_i`` (each coefficient exceeds −1), so
+    preconditioned CG converges to the same solution even where a Ritz vector is inexact. ``repeat`` applies
+    each victim's ``M⁻¹`` to that many consecutive rows (several right-hand sides per victim). Returns
+    ``None`` when no pair qualifies.
     """
     values, vectors, residuals = lanczos_out.ritz_values, lanczos_out.ritz_vectors, lanczos_out.ritz_residuals
     if values is None or vectors is None or residuals is None or values.shape[1] == 0:
@@ -262,7 +264,9 @@ def spectral_preconditioner(lanczos_out: LanczosOutput, eps: float, repeat: int 
     if not bool(keep.any()):
         return None
     big = torch.finfo(values.dtype).max
-    sigma = torch.where(keep, values, torch.full_like(values, big)).amin(1, keepdim=True) + eps  # [V, 1]
+    smallest_kept = torch.where(keep, values, torch.full_like(values, big)).amin(1, keepdim=True)
+    largest_rest = torch.where(keep, torch.zeros_like(values), values).amax(1, keepdim=True)
+    sigma = torch.where(largest_rest > 0, largest_rest, smallest_kept) + eps  # [V, 1]
     coeff = torch.where(keep, sigma / (values + eps) - 1, torch.zeros_like(values))  # [V, r]
     if repeat > 1:
         coeff, vectors = coeff.repeat_interleave(repeat, 0), vectors.repeat_interleave(repeat, 0)

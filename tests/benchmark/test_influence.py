@@ -236,6 +236,8 @@ def test_deflated_cg_matches_solve_and_plain_cg(name, eps):
     assert rel(deflated.value[0], truth) <= RTOL
     assert rel(deflated.value[0], plain.value[0]) <= RTOL
     assert int(deflated.iterations[0]) <= int(plain.iterations[0])
+    if name == "mlp" and eps == 0.01:  # a spread spectrum: deflating its top saves steps (seen: 27 -> 21)
+        assert int(deflated.iterations[0]) < int(plain.iterations[0])
 
 
 def test_spectral_preconditioner_is_symmetric_positive_definite_even_with_inexact_ritz_vectors():
@@ -255,8 +257,13 @@ def test_spectral_preconditioner_is_symmetric_positive_definite_even_with_inexac
     )
     apply = spectral_preconditioner(out, eps=0.5)
     M = torch.stack([apply(e[None])[0] for e in torch.eye(n, dtype=torch.float64)], 1)
-    # by hand: σ = 4 + 0.5; coefficients σ/(θ+ε) − 1 = 4.5/9.5 − 1 and 0 (kept), 0 for the third pair
-    expected = torch.eye(n, dtype=torch.float64) + (4.5 / 9.5 - 1) * torch.outer(q[:, 0], q[:, 0])
+    # by hand: pairs 9 and 4 are kept (residual ≤ 1e-2·θ), σ = 1 + 0.5 (the largest value not kept, plus ε);
+    # coefficients σ/(θ+ε) − 1 = 1.5/9.5 − 1 and 1.5/4.5 − 1, none for the third pair
+    expected = (
+        torch.eye(n, dtype=torch.float64)
+        + (1.5 / 9.5 - 1) * torch.outer(q[:, 0], q[:, 0])
+        + (1.5 / 4.5 - 1) * torch.outer(q[:, 1], q[:, 1])
+    )
     torch.testing.assert_close(M, expected)
     assert bool((torch.linalg.eigvalsh(M) > 0).all())
 
