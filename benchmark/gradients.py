@@ -396,7 +396,7 @@ class GradientOperator:
             (out,) = self._vjp_fn(u.to(self.gradient.dtype))
         except RuntimeError as exc:
             raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
-        return out.reshape(self.num_victims, -1)
+        return out.detach().reshape(self.num_victims, -1)  # (train-mode BatchNorm's VJP can carry requires_grad)
 
     def matvec(self, v: Tensor) -> Tensor:
         """``K v`` for ``v`` of shape ``[V, d_x]``; returns ``[V, d_θ]``."""
@@ -425,7 +425,7 @@ class GradientOperator:
             out = vmap(lambda w: self._vjp_fn(w)[0], in_dims=1, out_dims=1)(u.to(self.gradient.dtype))
         except RuntimeError as exc:
             raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
-        return out.reshape(self.num_victims, m, -1)
+        return out.detach().reshape(self.num_victims, m, -1)
 
     def gram_many(self, v: Tensor) -> Tensor:
         """``KᵀK v`` for ``m`` vectors per victim, ``v`` of shape ``[V, m, d_x]`` (``2m`` products, one pass each).
