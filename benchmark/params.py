@@ -59,6 +59,7 @@ __all__ = [
     "Range",
     "Ratio",
     "Tolerance",
+    "YamlDumper",
     "YamlLoader",
     "build",
     "check_fields",
@@ -165,6 +166,13 @@ YamlLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+class YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper that quotes the strings :class:`YamlLoader` would read as numbers (``'1e-3'``)."""
+
+
+YamlDumper.yaml_implicit_resolvers = {first: list(rs) for first, rs in YamlLoader.yaml_implicit_resolvers.items()}
 
 
 def parse_cli_value(text: str) -> Any:

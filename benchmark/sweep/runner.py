@@ -18,6 +18,7 @@ import yaml
 from dglbench.checks import is_valid_record, set_aside_invalid
 from dglbench.io import atomic_write_json, atomic_write_text, check_output_dir
 from dglbench.layout import RunLayout
+from dglbench.params import YamlDumper
 from dglbench.runner import is_global_zero, run_trial
 from dglbench.sweep.guard import FolderLock, check_same_spec
 from dglbench.sweep.spec import SweepSpec, load_spec
@@ -86,7 +87,7 @@ def _run_sweep(
     layout = RunLayout(out)
     trials = sweep.trials()
     if force or not layout.spec.exists():
-        atomic_write_text(layout.spec, yaml.safe_dump(sweep.source, sort_keys=False))
+        atomic_write_text(layout.spec, yaml.dump(sweep.source, Dumper=YamlDumper, sort_keys=False))  # reads back equal
     atomic_write_json(
         layout.sweep_index,
         {

@@ -20,6 +20,7 @@ from dglbench.params import (
     Range,
     Ratio,
     Tolerance,
+    YamlDumper,
     YamlLoader,
     check_fields,
     coerce,
@@ -61,6 +62,9 @@ def test_config_files_read_yaml_1_2_numbers(tmp_path):
     import yaml
 
     assert yaml.load("x: 1e-4", Loader=YamlLoader) == {"x": 1e-4}
+    assert yaml.safe_load("x: 1e-4") == {"x": "1e-4"}  # PyYAML's own loader is left as it is
+    data = {"number": 1e-4, "text": "1e-4", "other": "0.5", "name": "gaussian"}
+    assert yaml.load(yaml.dump(data, Dumper=YamlDumper), Loader=YamlLoader) == data  # files written read back equal
 
 
 @pytest.mark.parametrize(("value", "hint"), [("0.01", float), ("3", int), ("true", bool), ("1e-4", Tolerance)])
