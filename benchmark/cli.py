@@ -155,6 +155,7 @@ def _print_records(records: list[VictimRecord]) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from dglbench.hardware import check_hardware
     from dglbench.io import check_output_dir
+    from dglbench.layout import RunLayout
     from dglbench.runner import run_trial
     from dglbench.trial import TrialConfig
 
@@ -168,7 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
                         progress=not args.quiet, logger=logger)  # fmt: skip
     if records:
         _print_records(records)
-        print(f"records: {args.out}/records/{config.trial_id}.json")
+        print(f"records: {RunLayout(args.out).trial_record(config.trial_id)}")
 
 
 def _make_logger(kind: str, out: str, config: object) -> object:

@@ -182,7 +182,9 @@ def _values(record: VictimRecord | dict[str, Any], track: Track) -> dict[str, An
 
 def _parts_dir(out: Path, trial_id: str) -> Path:
     """Where the runner keeps a trial's finished victims (``<out>/parts/<trial id>``): those it skips on resume."""
-    return out / "parts" / trial_id
+    from dglbench.layout import RunLayout
+
+    return RunLayout(out).parts(trial_id).directory
 
 
 def _rerun(
