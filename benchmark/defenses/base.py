@@ -112,15 +112,13 @@ class Defense:
         self.check()
 
     def check(self) -> None:
-        """Validate parameter ranges; raise ConfigError with one line naming the parameter."""
+        """Checks beyond each field's declared type and ``Range`` (e.g. between parameters); raise ConfigError."""
 
     def require(self, ok: bool, parameter: str, requirement: str) -> None:
         """For :meth:`check`: raise a one-line ConfigError unless ``ok`` (e.g. ``requirement=">= 0"``)."""
         if not ok:
-            raise ConfigError(
-                f"defense {defense_name(self)!r}: parameter {parameter!r} must be {requirement}, "
-                f"got {getattr(self, parameter)!r}"
-            )
+            detail = f"expected a value {requirement}, got {getattr(self, parameter)!r}"
+            raise ParamError(parameter, detail, f"defense {defense_name(self)!r}")
 
     def __call__(self, gradients: list[Tensor], context: DefenseContext) -> list[Tensor]:
         """The shared gradient ``g̃``, one tensor per entry of ``gradients`` (do not modify the inputs)."""
