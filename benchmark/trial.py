@@ -25,8 +25,6 @@ from dglbench.case import Case
 from dglbench.errors import ConfigError
 from dglbench.params import Count, NonNegativeFloat, ParamError, Tolerance, check_fields
 
-SCHEMA_VERSION = 1
-
 
 def _freeze(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True))
