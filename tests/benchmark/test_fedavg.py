@@ -142,6 +142,18 @@ def test_i2f_lower_bound_and_exact_match_the_explicit_jacobian(name):
     np.testing.assert_allclose(est.exact[eps].value.numpy(), exact_truth, rtol=RTOL)
 
 
+def test_victims_stacked_equal_victims_one_by_one():
+    model, _, _, x, y, base = setup("mlp")
+    case = fedavg_case(base, SCHEDULES["minibatch1_2x2"][0])
+    xs, ys = [x, x.flip(0) + 0.5], [y, y.flip(0)]
+    d = model[1].weight.numel() + model[1].bias.numel() + model[3].weight.numel() + model[3].bias.numel()
+    deltas = 1e-2 * torch.randn(2, d, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    kw = dict(case=case, tol=1e-10, max_iter=32)
+    stacked = i2f_lower_bound(model, xs, ys, deltas, vectorize=True, **kw)
+    looped = [i2f_lower_bound(model, xi, yi, di, vectorize=False, **kw) for xi, yi, di in zip(xs, ys, deltas)]
+    np.testing.assert_allclose(stacked.value.numpy(), [r.value.item() for r in looped], rtol=1e-8)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_one_step_is_minus_lr_times_fedsgd(name):
     model, _, _, x, y, base = setup(name)
