@@ -55,7 +55,7 @@ from typing import Literal
 import torch
 from dglbench.attacks.base import ATTACKS, Box, Outcome, Victim
 from dglbench.attacks.inverting_gradients import InvertingGradients
-from dglbench.attacks.objectives import GradientMatcher, _per_segment, cosine_distance, total_variation
+from dglbench.attacks.objectives import GradientMatcher, _per_segment, cosine_distance
 from dglbench.errors import ConfigError
 from torch import Tensor, nn
 
@@ -227,18 +227,6 @@ class AdaptiveInvertingGradients(InvertingGradients):
             return self.distance(matcher, self.gradients(matcher, images, labels), targets, images)
 
         return cost
-
-    def objective(self, matcher: GradientMatcher, labels: Tensor, targets: Tensor) -> Callable[[Tensor], Tensor]:
-        """The per-problem objective: :meth:`matching_cost` plus ``tv_weight`` · TV."""
-        cost = self.matching_cost(matcher, labels, targets)
-
-        def loss(images: Tensor) -> Tensor:
-            value = cost(images)
-            if self.tv_weight > 0:
-                value = value + self.tv_weight * total_variation(images)
-            return value
-
-        return loss
 
 
 def _last_linear_segment(matcher: GradientMatcher, images: Tensor) -> int:
