@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 
 __all__ = [
+    "I2FShare",
     "LeakageModule",
     "RecordWriter",
     "SuiteAttack",
@@ -186,6 +187,41 @@ def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
 _BUDGET_KEYS = ("max_iterations", "restarts")
 
 
+class I2FShare:
+    """The I2F of each victim computed once for a group of trials that differ only in the defense.
+
+    The first trial of the group to estimate a victim stacks every member's perturbation of that victim
+    (each member's defense, same draws as its own trial) into one ``[m, d_θ]`` matrix: one linearization,
+    one Lanczos run for ``λ_max`` and one batched CG per victim for the whole group. The other members'
+    estimates wait here until their trials run. Lives in one process (under DDP each rank holds its own,
+    for the victims it owns); a victim missing from it is estimated by its own trial as before.
+    A shared estimate's ``products`` count the group's solve; its ``i2f`` seconds go to the member that ran it.
+
+    Args:
+        configs: the group's trials; all equal but for ``defense`` and ``defense_params`` (see :meth:`key`).
+    """
+
+    def __init__(self, configs: Sequence[TrialConfig]) -> None:
+        self.configs = list(configs)
+        keys = {self.key(c) for c in self.configs}
+        if len(keys) > 1:
+            raise ConfigError("an I2FShare groups trials that differ only in the defense")
+        self.estimates: dict[tuple[str, int], Estimate] = {}
+        self.runs = 0  # estimate_i2f calls made for the group (one per victim when nothing fails)
+
+    @staticmethod
+    def key(config: TrialConfig) -> str:
+        """What trials of one group share: the whole configuration but the defense and its parameters."""
+        import json
+
+        data = config.to_dict()
+        data.pop("defense", None), data.pop("defense_params", None)
+        return json.dumps(data, sort_keys=True, default=str)
+
+    def take(self, trial_id: str, victim_id: int) -> Estimate | None:
+        return self.estimates.pop((trial_id, victim_id), None)
+
+
 class LeakageModule(pl.LightningModule):
     """Runs one trial over the victims of a :class:`~dglbench.datamodules.base.VictimDataModule`.
 
@@ -198,6 +234,8 @@ class LeakageModule(pl.LightningModule):
         mode: ``"both"`` (estimate and attack), ``"estimate"`` (I2F only: cheap) or ``"attack"``;
             default from the config (``attack: null`` means estimate only).
         records_dir: where :class:`RecordWriter` finds finished victims (they are skipped).
+        i2f_share: the :class:`I2FShare` of the trial's group (a sweep's trials that differ only in the
+            defense): each victim's I2F is computed once for the whole group.
 
     Example:
         >>> module = LeakageModule({"attack": None, "dataset_params": {"num_victims": 2}})
@@ -206,7 +244,11 @@ class LeakageModule(pl.LightningModule):
     """
 
     def __init__(
-        self, config: TrialConfig | dict[str, Any], mode: str | None = None, records_dir: str | None = None
+        self,
+        config: TrialConfig | dict[str, Any],
+        mode: str | None = None,
+        records_dir: str | None = None,
+        i2f_share: I2FShare | None = None,
     ) -> None:
         super().__init__()
         self.config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
@@ -220,6 +262,9 @@ class LeakageModule(pl.LightningModule):
             raise ConfigError(f"mode {self.mode!r} needs an attack, but the trial has attack: null")
         self.layout = TrialLayout(Path(records_dir)) if records_dir else None
         self.victim_model: torch.nn.Module | None = None
+        self.i2f_share = i2f_share if i2f_share is not None and len(i2f_share.configs) > 1 else None
+        if self.i2f_share is not None and self.config.trial_id not in {c.trial_id for c in self.i2f_share.configs}:
+            raise ConfigError(f"trial {self.config.trial_id} is not in the I2FShare it was given")
 
     # ------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -320,6 +365,8 @@ class LeakageModule(pl.LightningModule):
             v.seconds["defense"] = time.perf_counter() - start
 
     def _estimate(self, victims: list[_Victim]) -> None:
+        if self.i2f_share is not None:
+            victims = self._estimate_shared(victims)
         if not victims:
             return
         start = time.perf_counter()
@@ -335,32 +382,82 @@ class LeakageModule(pl.LightningModule):
         for v in victims:
             v.seconds["i2f"] = share
 
+    def _estimate_shared(self, victims: list[_Victim]) -> list[_Victim]:
+        """Estimates from the group's :class:`I2FShare` (computing them for every member); the victims left over."""
+        from dglbench.defenses import create_defense, run_defense
+
+        assert self.victim_model is not None and self.i2f_share is not None
+        share, cfg, left = self.i2f_share, self.config, []
+        members = [c for c in share.configs if c.trial_id != cfg.trial_id]
+        for v in victims:
+            start = time.perf_counter()
+            if (cached := share.take(cfg.trial_id, v.victim_id)) is not None:
+                self._apply_estimate(v, cached)
+                v.seconds["i2f"] = time.perf_counter() - start
+                continue
+            rows, owners = [v.defended - v.clean], [cfg.trial_id]  # type: ignore[operator]
+            for member in members:  # each member's draws are its own trial's: same seed, victim and salt
+                try:
+                    defense = create_defense(member.defense, **member.defense_params)
+                    gen = _victim_generator(member.seed, v.victim_id, self.device, "defense")
+                    out = run_defense(defense, DefenseContext(self.victim_model, v.images, v.labels, cfg.case_obj, gen))
+                except Exception:  # noqa: BLE001 - that member's own trial meets (and records) the failure
+                    continue
+                rows.append(out.defended - out.clean)
+                owners.append(member.trial_id)
+            try:
+                est = self._run_estimate(v.images, v.labels, torch.stack(rows))
+                share.runs += 1
+            except (DglbenchError, RuntimeError, ValueError):
+                left.append(v)  # estimated (or failed) on its own, as without a share
+                continue
+            for i, owner in enumerate(owners):
+                estimate = self._row_estimate(est, i)
+                if owner == cfg.trial_id:
+                    self._apply_estimate(v, estimate)
+                else:
+                    share.estimates[(owner, v.victim_id)] = estimate
+            v.seconds["i2f"] = time.perf_counter() - start
+        return left
+
+    def _run_estimate(self, images: Any, labels: Any, deltas: Any) -> Any:
+        """:func:`~dglbench.influence.estimate_i2f` with the trial's settings (victims, or one victim's rows)."""
+        assert self.victim_model is not None
+        cfg = self.config
+        return estimate_i2f(
+            self.victim_model, images, labels, deltas, cfg.case_obj.loss_fn(), eps=cfg.eps,
+            lower_bound_tol=cfg.lower_bound_tol, cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, seed=cfg.seed,
+        )  # fmt: skip
+
+    @staticmethod
+    def _row_estimate(est: Any, i: int) -> Estimate:
+        lb, exact = est.lower_bound, est.exact
+        return Estimate(
+            lower_bound=_finite_or_none(float(lb.value[i])), jt_delta=_finite_or_none(float(lb.jt_delta[i])),
+            max_eigenvalue=_finite_or_none(float(lb.max_eigenvalue[i])),
+            lower_bound_converged=bool(lb.converged[i]),
+            exact={_eps_key(e): _finite_or_none(float(r.value[i])) for e, r in exact.items()},
+            exact_converged={_eps_key(e): bool(r.converged[i]) for e, r in exact.items()},
+            exact_residual={_eps_key(e): _finite_or_none(float(r.residual[i])) for e, r in exact.items()},
+            products=int(est.products[i]),
+        )  # fmt: skip
+
+    @staticmethod
+    def _apply_estimate(v: _Victim, estimate: Estimate) -> None:
+        values = [estimate.lower_bound, estimate.max_eigenvalue, *estimate.exact.values()]
+        if any(x is None for x in values):
+            v.fail("i2f", DglbenchError(
+                "non-finite I2F value: the K products overflowed (untrained logits too large?); "
+                "try dtype: float64 or another initialization"
+            ))  # fmt: skip
+        v.estimate = estimate
+
     def _estimate_group(self, victims: list[_Victim]) -> None:
         assert self.victim_model is not None
-        cfg, loss = self.config, self.config.case_obj.loss_fn()
-        xs, ys = [v.images for v in victims], [v.labels for v in victims]
         deltas = [v.defended - v.clean for v in victims]  # type: ignore[operator]
-        est = estimate_i2f(
-            self.victim_model, xs, ys, deltas, loss, eps=cfg.eps, lower_bound_tol=cfg.lower_bound_tol,
-            cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, seed=cfg.seed,
-        )  # fmt: skip
-        lb, exact = est.lower_bound, est.exact
+        est = self._run_estimate([v.images for v in victims], [v.labels for v in victims], deltas)
         for i, v in enumerate(victims):
-            values = torch.stack([lb.value[i], lb.max_eigenvalue[i], *(r.value[i] for r in exact.values())])
-            if not bool(torch.isfinite(values).all()):
-                v.fail("i2f", DglbenchError(
-                    "non-finite I2F value: the K products overflowed (untrained logits too large?); "
-                    "try dtype: float64 or another initialization"
-                ))  # fmt: skip
-            v.estimate = Estimate(
-                lower_bound=_finite_or_none(float(lb.value[i])), jt_delta=_finite_or_none(float(lb.jt_delta[i])),
-                max_eigenvalue=_finite_or_none(float(lb.max_eigenvalue[i])),
-                lower_bound_converged=bool(lb.converged[i]),
-                exact={_eps_key(e): _finite_or_none(float(r.value[i])) for e, r in exact.items()},
-                exact_converged={_eps_key(e): bool(r.converged[i]) for e, r in exact.items()},
-                exact_residual={_eps_key(e): _finite_or_none(float(r.residual[i])) for e, r in exact.items()},
-                products=int(est.products[i]),
-            )  # fmt: skip
+            self._apply_estimate(v, self._row_estimate(est, i))
 
     def _attack(self, victims: list[_Victim]) -> None:
         if not victims or not self.suite:

@@ -72,6 +72,7 @@ def run_trial(
     logger: Any = False,
     strategy: str | None = None,
     num_nodes: int = 1,
+    i2f_share: Any = None,
 ) -> list[VictimRecord]:
     """Run a trial over its victims and return one record per victim (sorted by victim id).
 
@@ -85,6 +86,8 @@ def run_trial(
         logger: a Lightning logger (CSV, W&B) or ``False``.
         strategy: Lightning strategy (default: ``ddp`` when ``devices > 1`` or ``num_nodes > 1``).
         num_nodes: machines, for Lightning's multi-node launchers (torchrun, SLURM).
+        i2f_share: a :class:`~dglbench.modules.I2FShare` holding this trial's group (trials that differ only
+            in the defense): each victim's I2F is computed once for the group (what a sweep passes).
 
     Returns:
         The records on rank 0 (every victim, failed ones included); ``[]`` on other ranks.
@@ -94,11 +97,13 @@ def run_trial(
     check_hardware(devices, accelerator, num_nodes)
     if output_dir is not None:
         check_output_dir(output_dir)
-        return _run_trial(config, Path(output_dir), devices, accelerator, progress, logger, strategy, num_nodes)
+        return _run_trial(
+            config, Path(output_dir), devices, accelerator, progress, logger, strategy, num_nodes, i2f_share
+        )
     if devices != 1 or num_nodes != 1:
         raise ConfigError("a trial on several devices needs an output_dir that every rank can write to")
     with tempfile.TemporaryDirectory(prefix="dglbench-") as tmp:
-        return _run_trial(config, Path(tmp), devices, accelerator, progress, logger, strategy, num_nodes)
+        return _run_trial(config, Path(tmp), devices, accelerator, progress, logger, strategy, num_nodes, i2f_share)
 
 
 def _run_trial(
@@ -110,6 +115,7 @@ def _run_trial(
     logger: Any,
     strategy: str | None,
     num_nodes: int = 1,
+    i2f_share: Any = None,
 ) -> list[VictimRecord]:
     from dglbench.datamodules import create_datamodule
     from dglbench.modules import LeakageModule, RecordWriter, log_record
@@ -133,7 +139,7 @@ def _run_trial(
         set_aside_invalid(final)
         for path in sorted(Path(parts.directory).glob("victim-*.json")):
             set_aside_invalid(path)
-    module = LeakageModule(config, records_dir=str(parts.directory))
+    module = LeakageModule(config, records_dir=str(parts.directory), i2f_share=i2f_share)
     trainer = make_trainer(
         devices, accelerator, progress, [RecordWriter(parts.directory)], logger=logger, strategy=strategy,
         num_nodes=num_nodes,

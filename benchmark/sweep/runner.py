@@ -5,6 +5,10 @@ ids in order, one record file per finished trial, and the per-victim records of 
 
 A killed sweep loses at most the victims in flight; re-running the same command resumes it.
 Failed victims are recorded with ``status: failed`` and their reason, never dropped.
+
+Pending trials that differ only in the defense (a noise sweep's levels) form a group: each victim's
+I2F is computed once for the whole group (:class:`~dglbench.modules.I2FShare`: one linearization and
+one Lanczos run per victim, every member's perturbation a right-hand side); records stay one per trial.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ def _run_sweep(
         },
     )
     ran = skipped = failed = 0
+    shares = _i2f_shares([t for t in trials if not is_valid_record(layout.trial_record(t.trial_id))])
     bar = tqdm(trials, desc=f"sweep {sweep.name}", unit="trial", disable=not (progress and is_global_zero()))
     for cfg in bar:
         if is_global_zero():  # a record cut short or edited by hand is not done: moved aside, re-run
@@ -110,10 +115,27 @@ def _run_sweep(
             break
         bar.set_postfix_str(f"{cfg.model} {cfg.defense} {cfg.defense_params}"[:60])
         records = run_trial(
-            cfg, devices=devices, accelerator=accelerator, output_dir=out, progress=False, num_nodes=num_nodes
-        )
+            cfg, devices=devices, accelerator=accelerator, output_dir=out, progress=False, num_nodes=num_nodes,
+            i2f_share=shares.get(cfg.trial_id),
+        )  # fmt: skip
         failed += sum(not r.ok for r in records)
         ran += 1
         if is_global_zero():  # other ranks return at once; rank 0 may still be merging this trial's parts
             shutil.rmtree(layout.parts(cfg.trial_id).directory, ignore_errors=True)
     return SweepResult(out, len(trials), ran, skipped, failed)
+
+
+def _i2f_shares(pending: list[Any]) -> dict[str, Any]:
+    """One :class:`~dglbench.modules.I2FShare` per group of pending trials that differ only in the defense, by id."""
+    from dglbench.modules import I2FShare
+
+    groups: dict[str, list[Any]] = {}
+    for cfg in pending:
+        if cfg.estimate:
+            groups.setdefault(I2FShare.key(cfg), []).append(cfg)
+    shares: dict[str, Any] = {}
+    for group in groups.values():
+        if len(group) > 1:
+            share = I2FShare(group)
+            shares.update(dict.fromkeys((c.trial_id for c in group), share))
+    return shares
