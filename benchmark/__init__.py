@@ -10,7 +10,7 @@ The public API lives here::
 from dglbench.attacks import create_attack, list_attacks
 from dglbench.case import Case, Payload
 from dglbench.defenses import create_defense, list_defenses
-from dglbench.influence import I2F_lb, compute_exact_bound, i2f, i2f_lower_bound, top_eigenpairs
+from dglbench.influence import I2F_lb, compute_exact_bound, estimate_i2f, i2f, i2f_lower_bound, top_eigenpairs
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "compute_exact_bound",
     "create_attack",
     "create_defense",
+    "estimate_i2f",
     "i2f",
     "i2f_lower_bound",
     "list_attacks",
