@@ -14,10 +14,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dglbench.errors import ConfigError, DataNotFoundError, DglbenchError
+from dglbench.errors import ConfigError, DglbenchError
 
 if TYPE_CHECKING:
     from dglbench.record import VictimRecord
@@ -262,7 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     try:
-        _check_leaderboard_root(args)
         code = args.handler(args)
         sys.stdout.flush()
     except DglbenchError as exc:
@@ -281,18 +279,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_line(exc: BaseException) -> str:
     """An error's message on one line (a message quoting a file's text may hold newlines)."""
     return " ".join(str(exc).split("\n")).strip() or type(exc).__name__
-
-
-def _check_leaderboard_root(args: argparse.Namespace) -> None:
-    """A ``leaderboard`` command reading from ``--root`` needs that folder (submit may write a new one)."""
-    root = getattr(args, "root", None)
-    if args.command != "leaderboard" or root is None or getattr(args, "leaderboard_command", "") == "submit":
-        return
-    if not Path(root).is_dir():
-        raise DataNotFoundError(
-            f"leaderboard folder {root} does not exist; pass --root the folder holding v1/, v2/ "
-            "(leave it out for the shipped leaderboards/)"
-        )
 
 
 if __name__ == "__main__":
