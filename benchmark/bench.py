@@ -45,11 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     sections = _sections()
     wanted = [s for s in args.only.split(",") if s] or list(sections)
     path = Path(args.output)
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nWritten by `make bench`; each section says how it was made.\n"
-    )
     for name in wanted:
         title, fn = sections[name]
         print(f"[bench] {name} ...", flush=True)
@@ -59,8 +54,13 @@ def main(argv: list[str] | None = None) -> None:
         section = (
             f"## {title}\n\nCommand: `{cmd}` (part of `make bench`). Machine: {machine()}. Date: {stamp}.\n\n{body}"
         )
-        text = replace_between_markers(text, name, section)
-        atomic_write_text(path, text)  # after every section: a later failure keeps earlier results
+        text = (  # read again: another section may have been written while this one ran
+            path.read_text()
+            if path.exists()
+            else "# Benchmarks\n\nWritten by `make bench`; each section says how it was made.\n"
+        )
+        # after every section: a later failure keeps earlier results
+        atomic_write_text(path, replace_between_markers(text, name, section))
         print(body, flush=True)
 
 
