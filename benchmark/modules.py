@@ -327,7 +327,8 @@ class LeakageModule(pl.LightningModule):
         if self.mode != "estimate" and status == "ok":
             worst = worst_case(v.outcomes)
             if worst.status != "ok":
-                status, reason = "failed", v.outcomes[0].reason if len(v.outcomes) == 1 else f"attack: {worst.reason}"
+                one_failed = len(v.outcomes) == 1 and v.outcomes[0].status == "failed"
+                status, reason = "failed", v.outcomes[0].reason if one_failed else f"attack: {worst.reason}"
         timings = Timings(**v.seconds, total=time.perf_counter() - v.start, peak_memory_mb=_peak_memory_mb(self.device))
         cfg = self.config
         return VictimRecord(
@@ -467,6 +468,11 @@ class LeakageModule(pl.LightningModule):
         for i, member in enumerate(self.suite):
             salt = "attack" if i == 0 else f"attack:{member.key}"  # the first attack's draws as before suites
             gens = [_victim_generator(self.config.seed, v.victim_id, self.device, salt) for v in victims]
+            skip = member.attack.applicable(self.config.case_obj, self.victim_model)
+            if skip is not None:  # not a failure and not in the worst case; the reason goes into the record
+                for v in victims:
+                    v.outcomes.append(self._outcome(member, None, "skipped", skip))
+                continue
             start = time.perf_counter()
             try:
                 results = member.attack.run_many(

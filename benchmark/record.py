@@ -119,7 +119,9 @@ class AttackOutcome:
             suite runs the same attack twice).
         params: its settings.
         adaptive: whether the defense declared it (an attack that knows the defense).
-        status / reason: ``"ok"``, or ``"failed"`` with the reason (the attack's or the metrics').
+        status / reason: ``"ok"``, or ``"failed"`` with the reason (the attack's or the metrics'), or
+            ``"skipped"`` with the reason the attack does not apply to the case or model
+            (:meth:`dglbench.attacks.Attack.applicable`); a skipped attack is neither a failure nor in the worst case.
         iterations / restarts / final_loss / seconds / label_source: as the attack reports them; the
             restart kept is the one of least attack loss, never chosen by the private image.
         metrics: the reconstruction metrics (:meth:`dglbench.metrics.ReconstructionMetrics.to_dict`).
@@ -141,8 +143,8 @@ class AttackOutcome:
     def __post_init__(self) -> None:
         if not self.key:
             object.__setattr__(self, "key", self.name)
-        if self.status not in ("ok", "failed"):
-            raise RecordError(f"attack {self.key!r}: status must be 'ok' or 'failed', got {self.status!r}")
+        if self.status not in ("ok", "failed", "skipped"):
+            raise RecordError(f"attack {self.key!r}: status must be 'ok', 'failed' or 'skipped', got {self.status!r}")
 
     @property
     def ok(self) -> bool:
@@ -154,8 +156,9 @@ class WorstCase:
     """The suite's worst case for one victim (AutoAttack-style): per metric, the attacker's best value.
 
     Attributes:
-        status / reason: ``"failed"`` when no attack of the suite produced metrics.
-        attacks: attacks that count (succeeded); ``failed``: attacks left out because they failed.
+        status / reason: ``"failed"`` when no attack of the suite produced metrics (all failed or were skipped).
+        attacks: attacks that count (succeeded); ``failed``: attacks left out because they failed;
+            ``skipped``: attacks left out because they do not apply to the case or model.
         metrics: per metric of :data:`dglbench.metrics.METRICS`, the highest value of a higher-is-better
             metric (PSNR, SSIM) and the lowest of the others (errors, LPIPS) over the attacks that count.
         source: per metric, the ``key`` of the attack that value came from.
@@ -167,6 +170,7 @@ class WorstCase:
     failed: int
     metrics: dict[str, float | None] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)
+    skipped: int = 0
 
 
 def worst_case(outcomes: Sequence[AttackOutcome]) -> WorstCase:
@@ -178,10 +182,14 @@ def worst_case(outcomes: Sequence[AttackOutcome]) -> WorstCase:
         ('failed', 1, 'every attack of the suite failed: a: diverged')
     """
     ok = [o for o in outcomes if o.ok]
-    failed = len(outcomes) - len(ok)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    failed = len(outcomes) - len(ok) - skipped
     if not ok:
         reasons = "; ".join(f"{o.key}: {o.reason}" for o in outcomes) or "the suite is empty"
-        return WorstCase("failed", f"every attack of the suite failed: {reasons}", 0, failed)
+        what = (
+            "was skipped" if skipped == len(outcomes) and outcomes else "failed or was skipped" if skipped else "failed"
+        )
+        return WorstCase("failed", f"every attack of the suite {what}: {reasons}", 0, failed, skipped=skipped)
     values: dict[str, float | None] = {}
     source: dict[str, str] = {}
     for name, info in METRICS.items():
@@ -190,7 +198,7 @@ def worst_case(outcomes: Sequence[AttackOutcome]) -> WorstCase:
         values[name] = best
         if best is not None:
             source[name] = ok[candidates.index(best)].key
-    return WorstCase("ok", None, len(ok), failed, values, source)
+    return WorstCase("ok", None, len(ok), failed, values, source, skipped)
 
 
 @dataclass(frozen=True)

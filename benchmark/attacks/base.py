@@ -145,6 +145,13 @@ class Attack:
 
     #: labels that are not given are inferred before the optimization (True) or optimized with it (False).
     infers_labels: ClassVar[bool] = True
+    #: the client update rules (``Case.update``) the attack applies to.
+    updates: ClassVar[tuple[str, ...]] = ("fedsgd",)
+    #: the servers (``Case.server``) it applies to; an attack on the model as sent applies under both.
+    servers: ClassVar[tuple[str, ...]] = ("honest", "malicious")
+    #: a closed-form (analytic) reconstruction rather than an optimization; I2F, a model of optimization
+    #: attacks, makes no prediction for it and reports make no correlation claim for it.
+    closed_form: ClassVar[bool] = False
     restarts: int
 
     def __post_init__(self) -> None:
@@ -159,6 +166,33 @@ class Attack:
                 f"expected an integer >= 1, got {self.restarts!r}; give an integer like 1",
                 f"attack {type(self).__name__!r}",
             )
+
+    def applicable(self, case: Case, model: nn.Module | None = None) -> str | None:
+        """Why the attack does not apply to ``case`` (and ``model``, when given), or ``None`` when it does.
+
+        The suite skips an attack that does not apply and records this reason (status ``"skipped"``).
+
+        Example:
+            >>> from dglbench.attacks import create_attack
+            >>> create_attack("dlg").applicable(Case(update="fedavg"))
+            "dlg applies to update in ('fedsgd',), the case has update='fedavg'"
+        """
+        name = self.registered_name()
+        if case.update not in self.updates:
+            return f"{name} applies to update in {self.updates}, the case has update={case.update!r}"
+        server = getattr(case, "server", "honest")
+        if server not in self.servers:
+            return f"{name} applies to server in {self.servers}, the case has server={server!r}"
+        return None if model is None else self.applicable_model(model)
+
+    def applicable_model(self, model: nn.Module) -> str | None:
+        """Why the attack cannot attack ``model`` (an architecture it needs is missing), or ``None``."""
+        return None
+
+    @classmethod
+    def registered_name(cls) -> str:
+        """The name the attack is registered under (the class name when it is not registered)."""
+        return next((n for n in ATTACKS if ATTACKS.get(n) is cls), cls.__name__)
 
     def _solve(self, model: nn.Module, victims: list[Victim], box: Box | None) -> list[Outcome]:
         raise NotImplementedError
@@ -213,6 +247,9 @@ class Attack:
             inits: per-victim starting images (``None`` entries draw random ones).
         """
         payloads = list(payloads)
+        for payload in payloads:
+            if (why := self.applicable(payload.case, model)) is not None:
+                raise ConfigError(f"attack does not apply: {why}")
         shape = tuple(int(s) for s in image_shape)
         if len(shape) != 3:
             raise ShapeError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")

@@ -125,11 +125,6 @@ class InvertingGradientsFedAvg(InvertingGradients):
         init: Tensor | None,
         ref: Tensor,
     ) -> Victim:
-        if payload.case.update not in self.updates:
-            raise ConfigError(
-                f"attack 'ig_fedavg' applies to update={self.updates}, got a payload with "
-                f"update={payload.case.update!r}; use 'inverting_gradients' for FedSGD"
-            )
         # the label rules read the gradient's signs: hand them −Δθ (∝ g for small η·T), then restore the target
         flipped = dataclasses.replace(payload, gradient=-payload.gradient)
         victim = super()._prepare(model, flipped, shape, gen, init, ref)
