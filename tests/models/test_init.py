@@ -15,7 +15,7 @@ from torch import nn
 
 torch.set_num_threads(1)
 
-SCHEMES = ["uniform", "normal", "kaiming_uniform", "xavier_uniform"]
+SCHEMES = ["uniform", "normal", "kaiming", "xavier", "normal_std0.1", "kaiming_uniform", "xavier_uniform"]
 
 
 def net() -> nn.Module:
@@ -81,10 +81,10 @@ def test_fan_based_schemes_match_their_bounds(scheme: str, bound) -> None:
 
 
 def test_normal_has_the_documented_std_and_resets_batchnorm() -> None:
-    model = initialize(initialize(net(), "uniform", seed=0), "normal", seed=0)
+    model = initialize(initialize(net(), "uniform", seed=0), "normal_std0.1", seed=0)
     weights = torch.cat([model[0].weight.reshape(-1), model[4].weight.reshape(-1)]).detach().double().numpy()
     assert stats.kstest(weights, stats.norm(scale=0.1).cdf).pvalue > 1e-3
     assert torch.equal(model[1].weight, torch.ones(8)) and torch.count_nonzero(model[1].bias) == 0
     assert torch.count_nonzero(model[0].bias) == 0
-    custom = flat(initialize(nn.Linear(50, 40, bias=False), "normal", seed=0, std=0.02)).double()
+    custom = flat(initialize(nn.Linear(50, 40, bias=False), "normal_std0.1", seed=0, std=0.02)).double()
     assert abs(custom.std().item() - 0.02) < 0.002
