@@ -11,6 +11,8 @@
 ``ig_l1``                   declare theirs (:func:`dglbench.defenses.adaptive_attacks_for`)
 ``ig_fedavg``               :class:`InvertingGradientsFedAvg` — Geiping et al. 2020, section 6: the
                             cosine on a FedAvg update through the simulated local steps
+``analytic_linear``         :class:`AnalyticLinear` — Phong et al. 2017: closed-form input of a first
+                            fully connected layer, ``x = ∂W_i / ∂b_i``
 ==========================  ======================================================================
 
 Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> AttackResult`` for
@@ -19,8 +21,8 @@ one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResul
 Example:
     >>> from dglbench.attacks import ATTACKS, create_attack
     >>> ATTACKS.list()  # doctest: +NORMALIZE_WHITESPACE
-    ['dlg', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2', 'ig_masked', 'ig_quantized', 'ig_sign',
-     'inverting_gradients']
+    ['analytic_linear', 'dlg', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2', 'ig_masked', 'ig_quantized',
+     'ig_sign', 'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
     200
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from dglbench.attacks.adaptive import AdaptiveInvertingGradients
+from dglbench.attacks.analytic import AnalyticLinear
 from dglbench.attacks.base import ATTACKS, Attack, AttackResult
 from dglbench.attacks.dlg import DLG, IDLG
 from dglbench.attacks.fedavg import InvertingGradientsFedAvg
@@ -39,6 +42,7 @@ from dglbench.attacks.labels import infer_labels
 __all__ = [
     "ATTACKS",
     "AdaptiveInvertingGradients",
+    "AnalyticLinear",
     "DLG",
     "IDLG",
     "Attack",
