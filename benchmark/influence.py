@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from dglbench.case import Case
@@ -45,6 +45,7 @@ __all__ = [
     "i2f",
     "i2f_lower_bound",
     "I2FEstimate",
+    "best_rescaling",
     "estimate_i2f",
     "lanczos",
     "conjugate_gradient",
@@ -89,7 +90,14 @@ class LowerBoundResult(_PerVictim):
 
 @dataclass(frozen=True)
 class I2FResult(_PerVictim):
-    """Exact I2F per victim: ``value = ‖(KᵀK + εI)⁻¹ Kᵀδ‖`` by conjugate gradient."""
+    """Exact I2F per victim: ``value = ‖(KᵀK + εI)⁻¹ Kᵀδ‖`` by conjugate gradient.
+
+    ``eps`` is the damping asked for: absolute, or (``relative=True``) a fraction of each victim's ``λ_max``;
+    ``eps_used`` is the absolute ε each victim's solve used. :func:`estimate_i2f` also fills ``lower_bound``
+    (``‖Kᵀδ‖ / (λ_max + ε)``, the lower bound of this same damped quantity) and, with ``rescale=True``, the
+    attack-aware terms ``rescaled`` (I2F of ``s* g̃ − g``, one global ``s*``) and ``rescaled_layer`` (one ``s*``
+    per parameter tensor).
+    """
 
     value: Tensor  # [V]
     jt_delta: Tensor  # [V]
@@ -98,6 +106,14 @@ class I2FResult(_PerVictim):
     products: Tensor  # [V]
     converged: Tensor  # [V]
     eps: float
+    eps_used: Tensor | None = None  # [V]  absolute ε of each solve
+    min_ritz: Tensor | None = None  # [V]  smallest Ritz value of CG's (preconditioned) system
+    ill_conditioned: Tensor | None = None  # [V] bool: not converged, or min_ritz tiny against λ_max + ε
+    relative: bool = False
+    lower_bound: Tensor | None = None  # [V]  ‖Kᵀδ‖ / (λ_max + ε)
+    rescaled: Tensor | None = None  # [V]  I2F of s* g̃ − g, s* = ⟨g̃, g⟩ / ‖g̃‖²
+    rescaled_layer: Tensor | None = None  # [V]  the same with one s* per parameter tensor
+    rescaled_converged: Tensor | None = None  # [V] bool: both rescaled solves converged
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,7 @@ class CGOutput:
     solution: Tensor  # [V, n]
     iterations: Tensor  # [V]
     converged: Tensor  # [V]
+    min_ritz: Tensor | None = None  # [V] smallest Ritz value of the (preconditioned) operator CG explored; NaN if none
 
 
 def conjugate_gradient(
@@ -210,6 +227,10 @@ def conjugate_gradient(
     zero right-hand side has the zero solution. Converged systems are frozen while the others go on.
     ``preconditioner`` applies a symmetric positive definite ``M⁻¹`` (preconditioned CG); the solution
     is the same, only the number of iterations changes.
+
+    ``min_ritz`` is the smallest eigenvalue of the Lanczos tridiagonal matrix that CG's coefficients define
+    (Saad, *Iterative Methods for Sparse Linear Systems*, 2nd ed., Sec. 6.7.3): a Ritz value of ``M⁻¹A``, an
+    upper bound on its smallest eigenvalue, at no extra product. A tiny one means a nearly singular system.
     """
     precondition = preconditioner if preconditioner is not None else (lambda v: v)
     z = torch.zeros_like(rhs)
@@ -222,6 +243,8 @@ def conjugate_gradient(
     done = rr.sqrt() <= target
     iterations = torch.zeros(rhs.shape[0], dtype=torch.long, device=rhs.device)
     ones = torch.ones_like(rr)
+    alphas: list[Tensor] = []
+    betas: list[Tensor] = []
     for _ in range(max_iter):
         if bool(done.all()):
             break
@@ -235,17 +258,40 @@ def conjugate_gradient(
         rw_new = (r * w).sum(1)
         iterations += active.long()
         beta = torch.where(active, rw_new / torch.where(active, rw, ones), torch.zeros_like(rr))
+        alphas.append(alpha)
+        betas.append(beta)
         p = torch.where(active[:, None], w + beta[:, None] * p, p)
         rw = torch.where(active, rw_new, rw)
         rr = torch.where(active, (r * r).sum(1), rr)
         done = done | (rr.sqrt() <= target) | ~active
-    return CGOutput(z, iterations, rr.sqrt() <= target)
+    return CGOutput(z, iterations, rr.sqrt() <= target, _cg_min_ritz(alphas, betas, iterations))
+
+
+def _cg_min_ritz(alphas: list[Tensor], betas: list[Tensor], iterations: Tensor) -> Tensor:
+    """Smallest eigenvalue of each system's CG tridiagonal ``T_k`` (``k`` its own steps): ``T[j,j] = 1/α_j +
+    β_{j−1}/α_{j−1}``, ``T[j,j−1] = √β_{j−1}/α_{j−1}``. A system frozen at step ``k`` has its first ``k``
+    coefficients active (a frozen system never resumes)."""
+    out = torch.full(iterations.shape, float("nan"), dtype=torch.float64)
+    if not alphas:
+        return out.to(iterations.device)
+    A = torch.stack(alphas, 1).double().cpu()  # [V, steps]
+    B = torch.stack(betas, 1).double().cpu()
+    for i, k in enumerate(iterations.tolist()):
+        if k == 0:
+            continue
+        a, b = A[i, :k], B[i, : k - 1]
+        diag = 1 / a
+        diag[1:] += b / a[:-1]
+        off = b.clamp_min(0).sqrt() / a[:-1]
+        T = torch.diag(diag) + torch.diag(off, 1) + torch.diag(off, -1)
+        out[i] = torch.linalg.eigvalsh(T)[0]
+    return out.to(iterations.device)
 
 
 RITZ_ACCURACY = 1e-2  # a Ritz pair enters the preconditioner when ‖A s − θ s‖ ≤ 1e-2 · θ
 
 
-def spectral_preconditioner(lanczos_out: LanczosOutput, eps: float, repeat: int = 1) -> Operator | None:
+def spectral_preconditioner(lanczos_out: LanczosOutput, eps: float | Tensor, repeat: int = 1) -> Operator | None:
     """``M⁻¹`` from the well-converged top Ritz pairs ``(θ_i, s_i)`` of ``A = KᵀK``: deflates the top of the spectrum.
 
     ``M⁻¹ x = x + Σ_i (σ / (θ_i + ε) − 1) s_i s_iᵀ x`` over the kept pairs, with ``σ = θ_rest + ε`` where
@@ -254,8 +300,8 @@ def spectral_preconditioner(lanczos_out: LanczosOutput, eps: float, repeat: int 
     condition number CG sees drops from ``(λ_1 + ε)/(λ_min + ε)`` to about ``(λ_{r+1} + ε)/(λ_min + ε)``.
     ``M⁻¹`` is symmetric positive definite for any orthonormal ``s_i`` (each coefficient exceeds −1), so
     preconditioned CG converges to the same solution even where a Ritz vector is inexact. ``repeat`` applies
-    each victim's ``M⁻¹`` to that many consecutive rows (several right-hand sides per victim). Returns
-    ``None`` when no pair qualifies.
+    each victim's ``M⁻¹`` to that many consecutive rows (several right-hand sides per victim). ``eps`` is one
+    damping for all, or one per victim (``[V, 1]``). Returns ``None`` when no pair qualifies.
     """
     values, vectors, residuals = lanczos_out.ritz_values, lanczos_out.ritz_vectors, lanczos_out.ritz_residuals
     if values is None or vectors is None or residuals is None or values.shape[1] == 0:
@@ -433,7 +479,13 @@ def i2f_lower_bound(
 
 
 def _lanczos_of(op: GradientOperator, like: Tensor, tol: float, max_iter: int, seed: int, ritz: int) -> LanczosOutput:
-    return lanczos(op.gram, _start_vectors(like[:, 0], seed), 1, tol, max_iter, ritz=ritz)
+    """Lanczos for ``λ_max`` from ``Kᵀr`` (``r`` random in parameter space; one product): a start in the range of
+    ``KᵀK`` keeps the Ritz vectors there, so the preconditioner they make leaves ε = 0's minimum-norm solution alone
+    where ``KᵀK`` is singular."""
+    start = op.rmatvec(_start_vectors(op.gradient, seed))
+    fallback = _start_vectors(like[:, 0], seed)  # K = 0: any start gives λ_max = 0
+    start = torch.where(start.norm(dim=1, keepdim=True) > 0, start, fallback)
+    return lanczos(op.gram, start, 1, tol, max_iter, ritz=ritz)
 
 
 def _lower_bound_of(op: GradientOperator, jt_delta: Tensor, out: LanczosOutput, products: int) -> dict[str, Tensor]:
@@ -448,28 +500,48 @@ def _lower_bound_of(op: GradientOperator, jt_delta: Tensor, out: LanczosOutput, 
     }  # fmt: skip
 
 
+#: exact I2F is flagged ``ill_conditioned`` when CG's smallest Ritz value is below this many machine epsilons of
+#: ``λ_max + ε``: eigenvalues that small are not resolved by products computed in that precision.
+ILL_CONDITIONED_EPS = 100
+
+
 def _exact_of(
-    op: GradientOperator, b: Tensor, eps: float, tol: float, max_iter: int, deflation: LanczosOutput | None = None
+    op: GradientOperator,
+    b: Tensor,
+    eps: float | Tensor,
+    tol: float,
+    max_iter: int,
+    deflation: LanczosOutput | None = None,
+    max_eigenvalue: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Exact-I2F fields of one group's rows, given ``b = Kᵀδ`` ``[V, m, d_x]``; ``products`` counts the ``m``
-    products of ``b`` too. With ``deflation`` (a Lanczos run with Ritz pairs), CG is preconditioned by
-    :func:`spectral_preconditioner`."""
+    products of ``b`` too. ``eps`` is one damping or one per victim (``[V]``). With ``deflation`` (a Lanczos run
+    with Ritz pairs), CG is preconditioned by :func:`spectral_preconditioner`. ``ill_conditioned``: CG did not
+    converge, or its smallest Ritz value is below ``ILL_CONDITIONED_EPS`` machine epsilons of ``λ_max + ε``
+    (``max_eigenvalue`` ``[V]``; without it, of CG's own system)."""
     before = op.products
     V, m, n = b.shape
+    eps_v = torch.as_tensor(eps, dtype=b.dtype, device=b.device).reshape(-1).expand(V)  # [V]
 
     def damped(v: Tensor) -> Tensor:  # [V·m, n] rows, victim-major
-        return (op.gram_many(v.reshape(V, m, n)) + eps * v.reshape(V, m, n)).reshape(V * m, n)
+        return (op.gram_many(v.reshape(V, m, n)) + eps_v[:, None, None] * v.reshape(V, m, n)).reshape(V * m, n)
 
     flat = b.reshape(V * m, n)
-    precondition = None if deflation is None else spectral_preconditioner(deflation, eps, repeat=m)
+    precondition = None if deflation is None else spectral_preconditioner(deflation, eps_v[:, None], repeat=m)
     out = conjugate_gradient(damped, flat, tol, max_iter, precondition)
     bnorm = flat.norm(dim=1)
     residual = (flat - damped(out.solution)).norm(dim=1) / bnorm.clamp_min(torch.finfo(b.dtype).tiny)
     residual = torch.where(bnorm > 0, residual, torch.zeros_like(residual))
+    converged = residual <= max(tol, 10 * torch.finfo(b.dtype).eps)
+    eps_rows = eps_v.repeat_interleave(m)
+    min_ritz = out.min_ritz if out.min_ritz is not None else torch.full_like(residual, float("nan"))
+    top = eps_rows + (max_eigenvalue.to(b.dtype).repeat_interleave(m) if max_eigenvalue is not None else 0)
+    tiny = (min_ritz.to(b.dtype) <= ILL_CONDITIONED_EPS * torch.finfo(b.dtype).eps * top) & (bnorm > 0)
     return {
         "value": out.solution.norm(dim=1), "jt_delta": bnorm, "residual": residual,
         "iterations": out.iterations, "products": torch.full_like(out.iterations, m + op.products - before),
-        "converged": residual <= max(tol, 10 * torch.finfo(b.dtype).eps),
+        "converged": converged, "eps_used": eps_rows, "min_ritz": min_ritz.to(b.dtype),
+        "ill_conditioned": ~converged | tiny,
     }  # fmt: skip
 
 
@@ -517,11 +589,52 @@ def i2f(
 
 @dataclass(frozen=True)
 class I2FEstimate:
-    """The lower bound and exact I2F at several ε from one shared operator per victim group."""
+    """The lower bound and exact I2F at several ε from one shared operator per victim group.
+
+    ``exact`` is keyed by absolute ε, ``relative`` by ε as a fraction of each victim's ``λ_max``; ``scale`` is
+    the global best rescaling ``s*`` of each victim's ``g̃`` (with ``rescale=True``).
+    """
 
     lower_bound: LowerBoundResult
     exact: dict[float, I2FResult]
     products: Tensor  # [V] K / Kᵀ products actually spent (Kᵀδ and the linearization are shared)
+    relative: dict[float, I2FResult] = field(default_factory=dict)
+    scale: Tensor | None = None  # [V] s* = ⟨g̃, g⟩ / ‖g̃‖²
+
+
+def best_rescaling(clean: Tensor, defended: Tensor, segments: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+    """The rescaled perturbation a cosine attack faces, ``δ* = s* g̃ − g``, and ``s*``.
+
+    A cosine objective cannot see the scale of ``g̃``, so it meets ``g̃`` at its best scale
+    ``s* = argmin_s ‖s g̃ − g‖ = ⟨g̃, g⟩ / ‖g̃‖²`` (``s* = 0`` for ``g̃ = 0``). With ``segments`` (the sizes of
+    the parameter tensors, in order) each tensor gets its own ``s*``, as a layer-wise cosine sees it.
+
+    Args:
+        clean: ``g`` ``[..., d_θ]``.
+        defended: ``g̃``, broadcastable against ``clean``.
+        segments: sizes summing to ``d_θ`` for per-tensor scales; ``None`` for one global scale.
+
+    Returns:
+        ``(δ*, s*)``; ``s*`` is ``[...]`` for one global scale and ``[..., len(segments)]`` per tensor.
+
+    Example:
+        >>> g = torch.tensor([1.0, 2.0, 2.0])
+        >>> delta, s = best_rescaling(g, 3 * g)
+        >>> float(s), float(delta.norm())
+        (0.3333333432674408, 0.0)
+    """
+    clean, defended = torch.broadcast_tensors(clean, defended)
+    sizes = [clean.shape[-1]] if segments is None else list(segments)
+    if sum(sizes) != clean.shape[-1]:
+        raise ShapeError(f"segments sum to {sum(sizes)}, but the gradient has {clean.shape[-1]} entries")
+    parts, scales = [], []
+    for g, gt in zip(clean.split(sizes, -1), defended.split(sizes, -1)):
+        den = (gt * gt).sum(-1, keepdim=True)
+        s = torch.where(den > 0, (gt * g).sum(-1, keepdim=True) / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+        parts.append(s * gt - g)
+        scales.append(s)
+    scale = torch.cat(scales, -1)
+    return torch.cat(parts, -1), scale[..., 0] if segments is None else scale
 
 
 def estimate_i2f(
@@ -533,6 +646,8 @@ def estimate_i2f(
     *,
     case: Case | None = None,
     eps: Sequence[float] = (0.1,),
+    eps_relative: Sequence[float] = (),
+    rescale: bool = False,
     lower_bound_tol: float = 1e-3,
     lower_bound_max_iter: int = 100,
     cg_tol: float = 1e-5,
@@ -546,6 +661,14 @@ def estimate_i2f(
     run needs). The Lanczos run that gives ``λ_max`` also gives the top Ritz pairs that precondition every
     exact solve (``deflate`` of them at most; 0 for plain CG): same values, fewer products.
 
+    ``eps`` are absolute dampings; ``eps_relative`` are fractions of each victim's ``λ_max`` (ε = r · λ_max,
+    so the damping sits at the same place in every victim's spectrum). ε = 0 gives the minimum-norm solution
+    (CG from zero on the normal equations ``KᵀK z = Kᵀδ``, whose right-hand side lies in the range of ``KᵀK``),
+    flagged ``ill_conditioned`` when it did not converge or CG's smallest Ritz value is tiny. Every exact term
+    carries its damped lower bound ``‖Kᵀδ‖ / (λ_max + ε)``. ``rescale=True`` adds the I2F of the perturbation a
+    cosine attack faces, ``s* g̃ − g`` (:func:`best_rescaling`, globally and per parameter tensor), solved in the
+    same batched CG; it needs the clean shared quantity, which the operator computes.
+
     Example:
         >>> import torch
         >>> nn = torch.nn
@@ -556,25 +679,52 @@ def estimate_i2f(
         >>> est.lower_bound.value.shape, est.exact[0.1].value.shape
         (torch.Size([5]), torch.Size([5]))
     """
-    if any(e < 0 for e in eps):
-        raise ConfigError(f"damping eps must be >= 0, got {list(eps)}")
+    if any(e < 0 for e in (*eps, *eps_relative)):
+        raise ConfigError(f"damping eps must be >= 0, got {[*eps, *eps_relative]}")
     total, groups = _groups(model, images, labels, perturbation, vectorize)
-    lb_parts, products = [], []
-    exact_parts: dict[float, list] = {float(e): [] for e in eps}
+    lb_parts, products, scale_parts = [], [], []
+    terms = [(float(e), False) for e in eps] + [(float(e), True) for e in eps_relative]
+    exact_parts: dict[tuple[float, bool], list] = {t: [] for t in terms}
     for idx, X, Y, D in groups:
         op = _operator(model, X, Y, loss, case)
         assert D is not None
+        m = D.shape[1]
+        if rescale:
+            clean = op.gradient[:, None]  # [V, 1, d_θ]
+            d_global, s_global = best_rescaling(clean, clean + D)
+            d_layer, _ = best_rescaling(clean, clean + D, [s.numel() for s in op.shapes.values()])
+            D = torch.cat([D, d_global, d_layer], 1)  # [V, 3m, d_θ]: plain rows, then the rescaled ones
+            scale_parts.append((idx, {"scale": s_global.reshape(-1)}))
         b = op.rmatvec_many(D)
         out = _lanczos_of(op, b, lower_bound_tol, lower_bound_max_iter, seed, ritz=deflate)
-        lb_parts.append((idx, _lower_bound_of(op, b, out, op.products)))
-        for e, part in exact_parts.items():
-            part.append((idx, _exact_of(op, b, e, cg_tol, cg_max_iter, out if deflate > 0 else None)))
+        lam = out.eigenvalues[:, 0]  # [V]
+        lb_parts.append((idx, _lower_bound_of(op, b[:, :m], out, op.products)))
+        for (e, relative), part in exact_parts.items():
+            eps_v = e * lam if relative else e
+            row = _exact_of(op, b, eps_v, cg_tol, cg_max_iter, out if deflate > 0 else None, lam)
+            part.append((idx, _split_rescaled(row, X.shape[0], m, rescale, lam)))
         products.append((idx, {"products": torch.full((len(idx),), op.products, dtype=torch.long)}))
+    exact = {t: I2FResult(**_scatter(total, part), eps=t[0], relative=t[1]) for t, part in exact_parts.items()}
     return I2FEstimate(
         lower_bound=LowerBoundResult(**_scatter(total, lb_parts)),
-        exact={e: I2FResult(**_scatter(total, part), eps=e) for e, part in exact_parts.items()},
+        exact={e: r for (e, rel), r in exact.items() if not rel},
         products=_scatter(total, products)["products"],
+        relative={e: r for (e, rel), r in exact.items() if rel},
+        scale=_scatter(total, scale_parts)["scale"] if rescale else None,
     )
+
+
+def _split_rescaled(row: dict[str, Tensor], V: int, m: int, rescale: bool, lam: Tensor) -> dict[str, Tensor]:
+    """One group's exact-I2F rows (``V·m`` plain, or ``V·3m`` with the rescaled ones) as the plain rows' fields,
+    the rescaled values beside them, and the damped lower bound ``‖Kᵀδ‖ / (λ_max + ε)``."""
+    k = 3 if rescale else 1
+    parts = {key: value.reshape(V, k, m) for key, value in row.items()}
+    out = {key: value[:, 0].reshape(-1) for key, value in parts.items()}
+    out["lower_bound"] = out["jt_delta"] / (lam.repeat_interleave(m) + out["eps_used"])
+    if rescale:
+        out["rescaled"], out["rescaled_layer"] = parts["value"][:, 1].reshape(-1), parts["value"][:, 2].reshape(-1)
+        out["rescaled_converged"] = parts["converged"][:, 1:].reshape(V, -1).all(1).repeat_interleave(m)
+    return out
 
 
 def top_eigenpairs(
