@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -50,6 +51,15 @@ class Case:
         local_lr: the local learning rate η (1e-4: the same notebooks).
         local_batch_size: images per local step, a divisor of the batch size; ``None``: the whole batch.
         local_epochs: local epochs.
+        bn_stats: what the attacker's copy of the model normalizes BatchNorm layers with (no effect on models
+            without BatchNorm, nor on the client's update and so on I2F, which takes the client's ``K``).
+            ``"known"`` (the default): exactly what the client used — in eval mode the running statistics,
+            which are buffers of the global model the server sent; in train mode the statistics of the batch,
+            which the attacker's candidate images supply. ``"batch"``: the server does not know the running
+            statistics and its model normalizes with the statistics of its candidate batch (train-mode
+            BatchNorm) whatever the client's mode. ``"unknown"``: the server does not know the running
+            statistics and uses those of a fresh BatchNorm (mean 0, variance 1), in the client's mode.
+            Under ``model_mode="train"`` the running statistics are not used, so all three are ``"known"``.
 
     Example:
         >>> Case(update="fedavg", local_steps=3, local_lr=0.1).update_rule()
@@ -68,14 +78,16 @@ class Case:
     local_lr: Annotated[float, Range(gt=0)] = 1e-4
     local_batch_size: Count | None = None
     local_epochs: Count = 1
+    bn_stats: Literal["known", "batch", "unknown"] = "known"
 
     def __post_init__(self) -> None:
-        check_fields(self, "case", skip=("loss", "reduction", "model_mode", "labels"))
+        check_fields(self, "case", skip=("loss", "reduction", "model_mode", "labels", "bn_stats"))
         for name, allowed in (
             ("loss", ("cross_entropy", "mse")),
             ("reduction", ("mean", "sum")),
             ("model_mode", ("eval", "train")),
             ("labels", ("given", "inferred")),
+            ("bn_stats", ("known", "batch", "unknown")),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"case.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -93,6 +105,32 @@ class Case:
     def prepare(self, model: nn.Module) -> nn.Module:
         """Put ``model`` in the case's mode (in place) and return it."""
         return model.train(self.model_mode == "train")
+
+    def attacker_model(self, model: nn.Module) -> nn.Module:
+        """The attacker's copy of the client's ``model`` (in the case's mode): ``model`` itself, or a copy whose
+        BatchNorm layers normalize as ``bn_stats`` says.
+
+        Example:
+            >>> bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+            >>> _ = bn[1].running_mean.fill_(3.0)
+            >>> Case(bn_stats="unknown").attacker_model(bn)[1].running_mean.tolist()
+            [0.0, 0.0]
+            >>> Case(bn_stats="batch").attacker_model(bn)[1].training, Case().attacker_model(bn) is bn
+            (True, True)
+        """
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or self.bn_stats == "known" or self.model_mode == "train":
+            return model
+        twin = copy.deepcopy(model)
+        for module in twin.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if self.bn_stats == "unknown":
+                    module.reset_running_stats()
+                else:
+                    module.train(True)
+        if self.bn_stats == "batch":
+            twin.training = True  # the functional forward then works on copies of the buffers it updates
+        return twin
 
 
 @dataclass(frozen=True)
