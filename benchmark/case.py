@@ -42,6 +42,10 @@ class Case:
         labels: ``"given"`` — the payload carries the true labels; ``"inferred"`` — the attacker
             must infer them (from the last layer's gradient, or jointly as in DLG).
         server_knows_batch_size: whether the payload tells the attacker how many images there are.
+        server: ``"honest"`` (the default): the client trains the model the benchmark builds. ``"malicious"``:
+            the server modifies the model it sends (the client cannot tell), here by the imprint block of
+            "Robbing the Fed" in front of it (:func:`dglbench.attacks.imprint.imprint_model`); the victim
+            model, its shared quantity and I2F are those of the modified model.
         update: the client's update rule, known to the attacker. ``"fedsgd"`` (the default): the client
             shares its gradient ``g``. ``"fedavg"``: it runs ``local_epochs · local_steps`` local SGD steps of
             rate ``local_lr`` from ``θ_0`` on mini-batches of ``local_batch_size`` of its images in a fixed
@@ -73,6 +77,7 @@ class Case:
     model_mode: Literal["eval", "train"] = "eval"
     labels: Literal["given", "inferred"] = "given"
     server_knows_batch_size: bool = True
+    server: Literal["honest", "malicious"] = "honest"
     update: Literal["fedsgd", "fedavg"] = "fedsgd"
     local_steps: Count = 5
     local_lr: Annotated[float, Range(gt=0)] = 1e-4

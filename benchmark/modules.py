@@ -275,6 +275,10 @@ class LeakageModule(pl.LightningModule):
             raise ConfigError("LeakageModule needs a VictimDataModule: trainer.predict(module, datamodule=dm)")
         self.dm = dm
         self.victim_model = build_victim_model(self.config, dm.num_classes, dm.image_shape)
+        if self.config.case_obj.server == "malicious":  # the client trains the model the server sent
+            from dglbench.attacks.imprint import imprint_victim_model
+
+            self.victim_model = imprint_victim_model(self.victim_model, dm)
         self.defense = create_defense(self.config.defense, **self.config.defense_params)
         self.suite = attack_suite(self.config, self.defense) if self.mode != "estimate" else []
         self.lpips = None

@@ -13,6 +13,8 @@
                             cosine on a FedAvg update through the simulated local steps
 ``analytic_linear``         :class:`AnalyticLinear` — Phong et al. 2017: closed-form input of a first
                             fully connected layer, ``x = ∂W_i / ∂b_i``
+``imprint``                 :class:`Imprint` — Fowl et al. 2022 ("Robbing the Fed"): a malicious server's
+                            imprint block; images alone in a brightness bin recovered exactly
 ==========================  ======================================================================
 
 Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> AttackResult`` for
@@ -22,7 +24,7 @@ Example:
     >>> from dglbench.attacks import ATTACKS, create_attack
     >>> ATTACKS.list()  # doctest: +NORMALIZE_WHITESPACE
     ['analytic_linear', 'dlg', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2', 'ig_masked', 'ig_quantized',
-     'ig_sign', 'inverting_gradients']
+     'ig_sign', 'imprint', 'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
     200
 """
@@ -36,6 +38,7 @@ from dglbench.attacks.analytic import AnalyticLinear
 from dglbench.attacks.base import ATTACKS, Attack, AttackResult
 from dglbench.attacks.dlg import DLG, IDLG
 from dglbench.attacks.fedavg import InvertingGradientsFedAvg
+from dglbench.attacks.imprint import Imprint
 from dglbench.attacks.inverting_gradients import InvertingGradients
 from dglbench.attacks.labels import infer_labels
 
@@ -45,6 +48,7 @@ __all__ = [
     "AnalyticLinear",
     "DLG",
     "IDLG",
+    "Imprint",
     "Attack",
     "AttackResult",
     "InvertingGradients",
