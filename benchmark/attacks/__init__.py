@@ -15,6 +15,8 @@
                             fully connected layer, ``x = ∂W_i / ∂b_i``
 ``imprint``                 :class:`Imprint` — Fowl et al. 2022 ("Robbing the Fed"): a malicious server's
                             imprint block; images alone in a brightness bin recovered exactly
+``april``                   :class:`April` — Lu et al. 2022: a ViT's patches from its position
+                            embedding's gradient, by one linear solve
 ==========================  ======================================================================
 
 Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> AttackResult`` for
@@ -23,8 +25,8 @@ one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResul
 Example:
     >>> from dglbench.attacks import ATTACKS, create_attack
     >>> ATTACKS.list()  # doctest: +NORMALIZE_WHITESPACE
-    ['analytic_linear', 'dlg', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2', 'ig_masked', 'ig_quantized',
-     'ig_sign', 'imprint', 'inverting_gradients']
+    ['analytic_linear', 'april', 'dlg', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2', 'ig_masked',
+     'ig_quantized', 'ig_sign', 'imprint', 'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
     200
 """
@@ -35,6 +37,7 @@ from typing import Any
 
 from dglbench.attacks.adaptive import AdaptiveInvertingGradients
 from dglbench.attacks.analytic import AnalyticLinear
+from dglbench.attacks.april import April
 from dglbench.attacks.base import ATTACKS, Attack, AttackResult
 from dglbench.attacks.dlg import DLG, IDLG
 from dglbench.attacks.fedavg import InvertingGradientsFedAvg
@@ -46,6 +49,7 @@ __all__ = [
     "ATTACKS",
     "AdaptiveInvertingGradients",
     "AnalyticLinear",
+    "April",
     "DLG",
     "IDLG",
     "Imprint",
