@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from dglbench.errors import DglbenchError
-from dglbench.leaderboard.schema import AttackSummary, I2FAgreement, I2FSummary
+from dglbench.leaderboard.schema import AttackSummary, I2FAgreement, I2FSummary, WorstCaseSummary
 from dglbench.leaderboard.stats import Stat, round_sig, spearman, summarize
 from dglbench.leaderboard.track import Track
 from dglbench.record import VictimRecord, as_record, worst_case
@@ -31,6 +31,8 @@ __all__ = [
     "gradient_cosine",
     "i2f_summary",
     "privacy_summaries",
+    "suite_summaries",
+    "suite_worst_case",
     "worst_case_summary",
 ]
 
@@ -167,3 +169,108 @@ def accuracy_drop(undefended: float, defended: float) -> float:
     """Percentage points lost to the defense (rounded like every stored number)."""
     value = round_sig(undefended - defended)
     return 0.0 if value is None else value
+
+
+# ------------------------------------------------------------------------------------- protocol 2 (one trial)
+def _attack_keys(recs: list[VictimRecord]) -> list[str]:
+    """Attack keys of the trial in suite order (the union over victims, first seen first)."""
+    keys: list[str] = []
+    for r in recs:
+        for o in r.attacks:
+            if o.key not in keys:
+                keys.append(o.key)
+    return keys
+
+
+def _mean_image_floors(rec: VictimRecord) -> dict[str, Any]:
+    """The victim's blind-guess scores, from any attack that measured them (they do not depend on the attack)."""
+    for o in rec.attacks:
+        floors = ((o.metrics or {}).get("floors") or {}).get("mean_image")
+        if floors:
+            return dict(floors)
+    return {}
+
+
+def _mean_floor(recs: list[VictimRecord], metric: str) -> float | None:
+    return summarize([_finite(_mean_image_floors(r).get(metric)) for r in recs]).mean
+
+
+def suite_summaries(track: Track, trial_id: str, records: list[VictimRecord | dict[str, Any]]) -> list[AttackSummary]:
+    """Protocol 2: one :class:`AttackSummary` per attack of the trial (suite and adaptive attacks).
+
+    An attack that failed or diverged on a victim (:func:`~dglbench.leaderboard.protocol.succeeded`) counts as a
+    failure there and its values are left out.
+    """
+    from dglbench.leaderboard.protocol import succeeded
+
+    recs = [as_record(r) for r in records]
+    eps0 = repr(float(track.estimate.eps[0]))
+    lower = [_finite(r.estimate.lower_bound) if r.estimate else None for r in recs]
+    exact = [_finite(r.estimate.exact.get(eps0)) if r.estimate else None for r in recs]
+    out = []
+    for key in _attack_keys(recs):
+        outcomes = [r.attack(key) if r.ok else None for r in recs]
+        good = [o if o is not None and succeeded(o, track.ranking.leakage) else None for o in outcomes]
+        metrics = {
+            m: summarize([_finite((o.metrics or {}).get(m)) if o else None for o in good]) for m in track.metrics
+        }
+        l2 = [_finite((o.metrics or {}).get("l2_error")) if o else None for o in good]
+        rho_lb, n_lb = spearman(lower, l2)
+        rho_ex, n_ex = spearman(exact, l2)
+        first = next(o for o in outcomes if o is not None) if any(outcomes) else None
+        out.append(
+            AttackSummary(
+                attack=key,
+                params=dict(first.params) if first else {},
+                trial_id=trial_id,
+                victims=len(recs),
+                failures=sum(o is None for o in good),
+                metrics=metrics,
+                mean_image_floor={m: _mean_floor(recs, m) for m in track.metrics},
+                i2f_agreement=I2FAgreement(rho_lb, rho_ex, max(n_lb, n_ex)),
+            )
+        )
+    return out
+
+
+def suite_worst_case(track: Track, records: list[VictimRecord | dict[str, Any]]) -> WorstCaseSummary:
+    """Protocol 2: per victim the worst case over the attacks that succeeded on it, its leakage, and summaries."""
+    from dglbench.leaderboard.protocol import bootstrap_interval, succeeded, victim_leakage
+
+    recs = [as_record(r) for r in records]
+    keys = _attack_keys(recs)
+    leak_metrics = list(track.ranking.leakage)
+    attack_failures = {k: 0 for k in keys}
+    per_victim, leakage = [], []
+    for r in recs:
+        ok = []
+        for key in keys:
+            o = r.attack(key)
+            if r.ok and o is not None and succeeded(o, leak_metrics):
+                ok.append(o)
+            else:
+                attack_failures[key] += 1
+        w = worst_case(ok) if ok else None
+        per_victim.append(w)
+        floors = _mean_image_floors(r)
+        leakage.append(victim_leakage(w.metrics, floors, leak_metrics) if w else None)
+    source: dict[str, dict[str, int]] = {m: {} for m in track.metrics}
+    for w in per_victim:
+        for m in track.metrics:
+            if w is not None and m in w.source:
+                source[m][w.source[m]] = source[m].get(w.source[m], 0) + 1
+    low, high = bootstrap_interval(
+        [v for v in leakage if v is not None], track.ranking.bootstrap, track.ranking.bootstrap_seed
+    )
+    return WorstCaseSummary(
+        victims=len(recs),
+        failures=sum(w is None for w in per_victim),
+        attack_failures=attack_failures,
+        metrics={m: summarize([_finite(w.metrics.get(m)) if w else None for w in per_victim]) for m in track.metrics},
+        floors={m: _mean_floor(recs, m) for m in track.metrics},
+        source={m: dict(sorted(s.items())) for m, s in source.items()},
+        leakage_metrics=leak_metrics,
+        leakage=summarize(leakage),
+        leakage_ci95_low=round_sig(low),
+        leakage_ci95_high=round_sig(high),
+    )

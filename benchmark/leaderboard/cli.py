@@ -41,9 +41,12 @@ def _submit(args: argparse.Namespace) -> int:
     result = submit(
         args.track, args.defense, parse_params(args.param), devices=args.devices, accelerator=args.accelerator,
         root=args.root, work_dir=args.work_dir, reference=args.reference, description=args.description,
-        progress=args.progress, data_root=args.data_root,
+        progress=args.progress, data_root=args.data_root, skip_existing=args.skip_existing,
     )  # fmt: skip
     if result is None:  # a non-zero DDP rank
+        return 0
+    if result.skipped:
+        print(f"entry   {result.entry_path} exists; skipped (--skip-existing)")
         return 0
     e = result.entry
     fed = e.utility.fedsgd
@@ -152,7 +155,10 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(leaderboard_handler=handler)
-        p.add_argument("--root", default=None, help="leaderboard data folder (default: leaderboards/)")
+        p.add_argument(
+        "--root", default=None,
+        help="leaderboard data folder (default: $DGLBENCH_LEADERBOARDS, else leaderboards/ of the source tree)",
+    )  # fmt: skip
         return p
 
     def hardware(p: argparse.ArgumentParser) -> None:
@@ -171,6 +177,9 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--reference", default=None, help="URL or DOI of the defense's paper or code")
     p.add_argument("--description", default=None, help="one line about the defense")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument(
+        "--skip-existing", action="store_true", help="do nothing when the entry file exists (resumable baselines)"
+    )
     hardware(p)
 
     p = command("validate", _validate, "check entries: schema, consistency, recomputed aggregates (exit 2 on problems)")

@@ -12,6 +12,11 @@ The rule is the track's (:class:`~dglbench.leaderboard.track.RankingSpec`):
 4. Independently, an entry is on the *Pareto frontier* when no other entry has at least its
    accuracy and at most its leakage, one of them strictly.
 
+Protocol-2 tracks (:mod:`dglbench.leaderboard.protocol`) rank by the mean per-victim leakage score of the
+suite's worst case instead (``attack`` is ``worst_case``, ``value`` the mean leakage, ``tie_value`` the mean
+worst-case ranking metric); eligible entries are listed by mean leakage, then the tie-break, then entry id,
+and entries whose 95 % bootstrap intervals overlap share a rank range (``rank_range``, shown "2-4").
+
 Example:
     >>> leak(30.0, "psnr"), leak(2.0, "l2_error")
     (30.0, -2.0)
@@ -46,6 +51,8 @@ class Row:
         eligible: whether the utility rule admits the entry.
         pareto: whether the entry is on the privacy–utility frontier.
         note: why an entry is unranked, else ``""``.
+        rank_range: protocol 2: the (best, worst) rank the entry's interval allows; ``None`` otherwise.
+        low / high: protocol 2: the 95 % bootstrap interval of the mean leakage.
     """
 
     entry: Entry
@@ -58,6 +65,18 @@ class Row:
     eligible: bool
     pareto: bool
     note: str
+    rank_range: tuple[int, int] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def rank_text(self) -> str:
+        """``"3"``, a shared range ``"2-4"``, or ``"–"`` when unranked."""
+        if self.rank is None:
+            return "–"
+        if self.rank_range and self.rank_range[0] != self.rank_range[1]:
+            return f"{self.rank_range[0]}-{self.rank_range[1]}"
+        return str(self.rank_range[0] if self.rank_range else self.rank)
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,8 @@ def rank_entries(track: Track, entries: Sequence[Entry]) -> list[Row]:
     """
     metric, tie = track.ranking.metric, track.ranking.tie_break
     mine = [e for e in entries if e.track == track.ref]
+    if track.protocol == 2:
+        return _rank_v2(track, mine)
     values = [_attack_value(track, e) for e in mine]
     points = [
         (e.utility.fedsgd.test_accuracy, leak(v, metric)) if v is not None else None
@@ -133,3 +154,36 @@ def rank_entries(track: Track, entries: Sequence[Entry]) -> list[Row]:
     unranked = sorted((r for r in rows if not r.eligible), key=lambda r: (-r.accuracy, order(r)))
     out = [replace(r, rank=i + 1) for i, r in enumerate(ranked)]
     return out + unranked
+
+
+def _rank_v2(track: Track, mine: list[Entry]) -> list[Row]:
+    """Protocol 2: mean worst-case leakage (lower first), shared ranks where bootstrap intervals overlap."""
+    from dglbench.leaderboard.protocol import rank_ranges
+
+    tie = track.ranking.tie_break
+    rows = []
+    for e in mine:
+        w = e.worst_case
+        value = w.leakage.mean if w is not None else None
+        tie_stat = w.metrics.get(tie) if w is not None else None
+        fed = e.utility.fedsgd
+        drop = fed.undefended_test_accuracy - fed.test_accuracy
+        utility_ok = drop <= track.ranking.max_accuracy_drop + 1e-9
+        note = "" if utility_ok else f"accuracy drop {drop:.1f} > {track.ranking.max_accuracy_drop:g} points"
+        if utility_ok and value is None:
+            note = "no victim reconstructed by any attack of the suite: no leakage to rank by"
+        rows.append(Row(e, None, "worst_case", value, tie_stat.mean if tie_stat else None, fed.test_accuracy, drop,
+                        utility_ok and value is not None, False, note, None,
+                        w.leakage_ci95_low if w else None, w.leakage_ci95_high if w else None))  # fmt: skip
+    frontier = _pareto([(r.accuracy, r.value) if r.value is not None else None for r in rows])
+    rows = [replace(r, pareto=p) for r, p in zip(rows, frontier)]
+
+    def order(row: Row) -> tuple:
+        tie_key = leak(row.tie_value, tie) if row.tie_value is not None else float("inf")
+        return (row.value if row.value is not None else float("inf"), tie_key, row.entry.entry_id)
+
+    ranked = sorted((r for r in rows if r.eligible), key=order)
+    intervals = [(r.low if r.low is not None else r.value, r.high if r.high is not None else r.value) for r in ranked]
+    ranges = rank_ranges(intervals)
+    unranked = sorted((r for r in rows if not r.eligible), key=lambda r: (-r.accuracy, order(r)))
+    return [replace(r, rank=i + 1, rank_range=rg) for i, (r, rg) in enumerate(zip(ranked, ranges))] + unranked

@@ -30,7 +30,7 @@ from dglbench.io import atomic_write_text, replace_between_markers
 from dglbench.leaderboard.cells import METRIC_LABELS, columns, fmt_stat, row_cells
 from dglbench.leaderboard.html import html_page
 from dglbench.leaderboard.ranking import Board, rank_entries
-from dglbench.leaderboard.schema import write_schemas
+from dglbench.leaderboard.schema import SCHEMA_VERSION, write_schemas
 from dglbench.leaderboard.store import entry_files, load_entry
 from dglbench.leaderboard.track import METRICS, Track, default_root, list_tracks, load_track
 
@@ -179,6 +179,5 @@ def render_all(root: str | Path | None = None, repo_root: str | Path | None = No
     written.append(atomic_write_text(root / "references.bib", bibtex(version=__version__, year=released[:4])))
     written.append(atomic_write_text(repo_root / "CITATION.cff", citation_cff(__version__, released)))
     written.append(atomic_write_text(root / "index.html", html_page(all_boards)))
-    for version in sorted({b.track.version for b in all_boards}):
-        written += write_schemas(root / f"v{version}" / "schema")
+    written += write_schemas(root / f"v{SCHEMA_VERSION}" / "schema")  # v1/schema keeps schema v1 as published
     return written

@@ -1,4 +1,4 @@
-"""Leaderboard entry schema v1: one frozen dataclass tree, exported as JSON Schema.
+"""Leaderboard entry schema v2: one frozen dataclass tree, exported as JSON Schema.
 
 One entry is one (track, defense configuration): the defense and how to obtain it, privacy results
 per attack and metric, the I2F estimate next to the attacks' measured error, utility, and
@@ -6,9 +6,11 @@ provenance. Every field is always present (``null`` when not applicable); number
 numbers. The per-victim records the summaries were computed from are stored beside the entry
 (:class:`VictimsFile`), so that ``dglbench leaderboard validate`` recomputes every summary.
 
-Files: ``leaderboards/v1/entries/<track id>/<defense slug>-<config hash>.json`` and
+Files: ``leaderboards/v<N>/entries/<track id>/<defense slug>-<config hash>.json`` and
 ``...victims.json``. The JSON Schema of both is generated from these classes by
-:func:`write_schemas` into ``leaderboards/v1/schema/``.
+:func:`write_schemas` into ``leaderboards/v2/schema/``; ``leaderboards/v1/schema/`` keeps schema v1 as
+published. Schema v2 adds the defense's ``code_hash`` and the suite's per-victim ``worst_case``; schema-v1
+files are read through :func:`dglbench.leaderboard.migrate.migrate_entry`.
 
 Example:
     >>> config_hash("digits-convnet5@1", "gaussian", {"sigma": 0.01}) == config_hash(
@@ -47,14 +49,16 @@ __all__ = [
     "Stat",
     "UtilitySummary",
     "VictimsFile",
+    "WorstCaseSummary",
     "config_hash",
+    "entry_digest",
     "entry_json_schema",
     "entry_slug",
     "victims_json_schema",
     "write_schemas",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ENTRY_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*@[0-9]+/[a-z0-9][a-z0-9_-]*-[0-9a-f]{12}$")
 
 
@@ -71,6 +75,9 @@ class DefenseInfo:
         reference: URL or DOI of the paper or code (null when none given).
         description: one line about the defense (null when none given).
         formal_privacy: a formal guarantee the defense reports, e.g. ``{"epsilon", "delta"}`` (null: none).
+        code_hash: 12 hex digits of SHA-256 over the source file that defines the defense's class (null in
+            entries migrated from schema v1, which did not record it); part of the entry id, so a changed
+            defense never reuses the records of the old one.
     """
 
     name: str
@@ -82,6 +89,7 @@ class DefenseInfo:
     reference: str | None
     description: str | None
     formal_privacy: dict[str, Any] | None
+    code_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,34 @@ class AttackSummary:
     metrics: dict[str, Stat]
     mean_image_floor: dict[str, float | None]
     i2f_agreement: I2FAgreement
+
+
+@dataclass(frozen=True)
+class WorstCaseSummary:
+    """Per victim, the worst case over the attacks of the suite that succeeded on it (protocol 2).
+
+    Attributes:
+        victims: victims of the track.
+        failures: victims on which no attack of the suite succeeded (kept and counted, never dropped).
+        attack_failures: per attack key, victims on which it failed or diverged (non-finite loss or metrics).
+        metrics: per track metric, the summary of the per-victim worst case (t-interval).
+        floors: per track metric, the mean blind-guess score (the data set's mean image) over the victims.
+        source: per metric, how many victims' worst case each attack gave.
+        leakage_metrics: the metrics the leakage score combines, each relative to its floor.
+        leakage: summary of the per-victim leakage score (0 = blind guess, 1 = perfect reconstruction).
+        leakage_ci95_low / leakage_ci95_high: 95 % percentile-bootstrap interval of the mean leakage.
+    """
+
+    victims: int
+    failures: int
+    attack_failures: dict[str, int]
+    metrics: dict[str, Stat]
+    floors: dict[str, float | None]
+    source: dict[str, dict[str, int]]
+    leakage_metrics: list[str]
+    leakage: Stat
+    leakage_ci95_low: float | None
+    leakage_ci95_high: float | None
 
 
 @dataclass(frozen=True)
@@ -213,7 +249,10 @@ class Provenance:
 
 @dataclass(frozen=True)
 class Entry:
-    """A leaderboard entry (schema v1): one defense configuration measured on one track."""
+    """A leaderboard entry (schema v2): one defense configuration measured on one track.
+
+    ``worst_case`` is the ranking input of protocol-2 tracks; null on protocol-1 tracks.
+    """
 
     schema_version: int
     entry_id: str
@@ -223,6 +262,7 @@ class Entry:
     i2f: I2FSummary | None
     utility: UtilitySummary
     provenance: Provenance
+    worst_case: WorstCaseSummary | None
 
     def __post_init__(self) -> None:
         if self.schema_version != SCHEMA_VERSION:
@@ -248,8 +288,12 @@ class VictimsFile:
 
 
 # ------------------------------------------------------------------------------------------- identities
-def config_hash(track_ref: str, defense: str, params: dict[str, Any]) -> str:
-    """12 hex digits identifying (track, defense, parameters); integers and equal floats hash alike."""
+def config_hash(track_ref: str, defense: str, params: dict[str, Any], code: dict[str, str | None] | None = None) -> str:
+    """12 hex digits identifying (track, defense, parameters); integers and equal floats hash alike.
+
+    ``code`` (protocol-2 tracks) is the defense's ``{"package", "version", "code_hash"}``: a new release or
+    an edited source of the defense is a new configuration. Without it the hash is schema v1's.
+    """
 
     def canon(v: Any) -> Any:
         if isinstance(v, bool) or v is None or isinstance(v, str):
@@ -262,8 +306,19 @@ def config_hash(track_ref: str, defense: str, params: dict[str, Any]) -> str:
             return [canon(x) for x in v]
         return str(v)
 
-    blob = json.dumps({"track": track_ref, "defense": defense, "params": canon(params)}, sort_keys=True)
+    data = {"track": track_ref, "defense": defense, "params": canon(params)}
+    if code is not None:
+        data["code"] = dict(code)
+    blob = json.dumps(data, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def entry_digest(track_ref: str, info: DefenseInfo) -> str:
+    """An entry's config hash: with the defense's package, version and code hash when the entry records them."""
+    code = None
+    if info.code_hash is not None:
+        code = {"package": info.package, "version": info.package_version, "code_hash": info.code_hash}
+    return config_hash(track_ref, info.name, info.params, code)
 
 
 def entry_slug(defense: str) -> str:
@@ -272,18 +327,18 @@ def entry_slug(defense: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- JSON Schema
-SCHEMA_URN = "urn:dglbench:leaderboard:v1:"
+SCHEMA_URN = "urn:dglbench:leaderboard:v2:"
 
 
 def entry_json_schema() -> dict[str, Any]:
     """The JSON Schema of an entry file, generated from :class:`Entry`."""
-    return json_schema(Entry, title="dglbench leaderboard entry, schema v1", schema_id=SCHEMA_URN + "entry")
+    return json_schema(Entry, title="dglbench leaderboard entry, schema v2", schema_id=SCHEMA_URN + "entry")
 
 
 def victims_json_schema() -> dict[str, Any]:
     """The JSON Schema of a victims file, generated from :class:`VictimsFile`."""
     return json_schema(
-        VictimsFile, title="dglbench leaderboard victims file, schema v1", schema_id=SCHEMA_URN + "victims"
+        VictimsFile, title="dglbench leaderboard victims file, schema v2", schema_id=SCHEMA_URN + "victims"
     )
 
 

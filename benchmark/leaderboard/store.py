@@ -1,8 +1,8 @@
 """Where entries live and how they are read: JSON only, checked strictly against the current schema.
 
-Entries carry their ``schema_version``. This dglbench reads schema v1, the only version so far; an
-entry of a newer version asks for a newer dglbench. When schema v2 arrives, the step that reads a v1
-entry as v2 goes into :func:`load_entry` (and a test that every stored v1 entry still loads).
+Entries carry their ``schema_version``. This dglbench writes schema v2 and reads v1 and v2: a v1 entry is
+read as v2 by :func:`dglbench.leaderboard.migrate.migrate_entry` (the file is not rewritten); an entry of a
+newer version asks for a newer dglbench.
 
 ``leaderboards/v<N>/entries/<track id>/<defense slug>-<config hash>.json`` holds the entry and
 ``<defense slug>-<config hash>.victims.json`` its per-victim records. Nothing is unpickled.
@@ -79,10 +79,10 @@ def check_schema_version(data: Any) -> None:
     Example:
         >>> check_schema_version({"schema_version": 1})
         >>> try:
-        ...     check_schema_version({"schema_version": 2})
+        ...     check_schema_version({"schema_version": 3})
         ... except EntryFileError as exc:
         ...     print(exc)
-        schema_version 2 is newer than this dglbench knows (1); upgrade dglbench
+        schema_version 3 is newer than this dglbench knows (2); upgrade dglbench
     """
     if not isinstance(data, dict):
         raise EntryFileError(f"an entry must be a JSON object, got {type(data).__name__}")
@@ -96,11 +96,13 @@ def check_schema_version(data: Any) -> None:
 
 
 def load_entry(path: str | Path) -> Entry:
-    """Read an entry and check it strictly against :class:`Entry` (schema v1)."""
+    """Read an entry (schema v1 migrated) and check it strictly against :class:`Entry` (schema v2)."""
+    from dglbench.leaderboard.migrate import migrate_entry
+
     data = read_json(path)
     try:
         check_schema_version(data)
-        return from_dict(Entry, data)
+        return from_dict(Entry, migrate_entry(data))
     except DglbenchError as exc:
         raise EntryFileError(f"{path}: {exc}") from None
 

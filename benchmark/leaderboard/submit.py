@@ -24,7 +24,15 @@ from typing import Any
 
 from dglbench.hardware import device_name, global_rank, torch_device
 from dglbench.io import atomic_write_json
-from dglbench.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
+from dglbench.leaderboard.aggregate import (
+    accuracy_drop,
+    by_trial,
+    gradient_cosine,
+    i2f_summary,
+    privacy_summaries,
+    suite_summaries,
+    suite_worst_case,
+)
 from dglbench.leaderboard.schema import (
     SCHEMA_VERSION,
     DefenseInfo,
@@ -36,7 +44,7 @@ from dglbench.leaderboard.schema import (
     Seeds,
     UtilitySummary,
     VictimsFile,
-    config_hash,
+    entry_digest,
     entry_slug,
 )
 from dglbench.leaderboard.store import entry_paths
@@ -45,16 +53,17 @@ from dglbench.leaderboard.typed import to_dict
 from dglbench.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
 from dglbench.record import VictimRecord
 
-__all__ = ["Submission", "build_entry", "defense_info", "process_rank", "submit"]
+__all__ = ["Submission", "build_entry", "code_hash", "defense_info", "process_rank", "submit"]
 
 
 @dataclass(frozen=True)
 class Submission:
     """What :func:`submit` wrote."""
 
-    entry: Entry
+    entry: Entry | None
     entry_path: Path
     victims_path: Path
+    skipped: bool = False
 
 
 def _source(spec: str) -> tuple[str, str | None, str | None]:
@@ -76,17 +85,39 @@ def _source(spec: str) -> tuple[str, str | None, str | None]:
     return "entry_point", None, None
 
 
-def defense_info(
-    spec: str, params: dict[str, Any], *, reference: str | None = None, description: str | None = None
-) -> DefenseInfo:
-    """Build the defense (checking its parameters) and describe it and where it comes from."""
-    from dglbench.defenses import create_defense, describe_defense
+def code_hash(defense: Any) -> str:
+    """12 hex digits of SHA-256 over the source file that defines ``defense``'s class (its code, as installed)."""
+    import hashlib
+    import inspect
 
-    described = json.loads(json.dumps(describe_defense(create_defense(spec, **params)), default=str))
+    try:
+        source = Path(inspect.getsourcefile(type(defense)) or "").read_bytes()
+    except (OSError, TypeError):
+        source = repr(type(defense)).encode()  # no source on disk (a class built at run time)
+    return hashlib.sha256(source).hexdigest()[:12]
+
+
+def defense_info(
+    spec: str, params: dict[str, Any], *, reference: str | None = None, description: str | None = None,
+    track: Track | None = None,
+) -> DefenseInfo:  # fmt: skip
+    """Build the defense (checking its parameters) and describe it, where it comes from and a hash of its code.
+
+    On a protocol-2 ``track`` a privacy accountant's ``steps`` and ``sample_rate`` come from the track's FedSGD
+    run (:func:`dglbench.leaderboard.protocol.accounting_params`).
+    """
+    from dglbench.defenses import create_defense, describe_defense
+    from dglbench.leaderboard.protocol import accounting_params
+
+    defense = create_defense(spec, **params)
+    if track is not None and track.protocol == 2:
+        defense = create_defense(spec, **accounting_params(track, type(defense), params))
+    described = json.loads(json.dumps(describe_defense(defense), default=str))
     source, package, version = _source(spec)
     return DefenseInfo(
         name=described["name"], spec=spec, params=described["params"], source=source, package=package,
         package_version=version, reference=reference, description=description, formal_privacy=described["privacy"],
+        code_hash=code_hash(defense),
     )  # fmt: skip
 
 
@@ -110,7 +141,7 @@ def build_entry(
 
     num_victims = track.num_victims
     groups = by_trial(records, trial_ids, num_victims)
-    digest = config_hash(track.ref, info.name, info.params)
+    digest = entry_digest(track.ref, info)
     prov = next((r.provenance for recs in groups.values() for r in recs if r.provenance), {})
     u = track.utility
     return Entry(
@@ -118,7 +149,11 @@ def build_entry(
         entry_id=f"{track.ref}/{entry_slug(info.name)}-{digest}",
         track=track.ref,
         defense=info,
-        privacy=privacy_summaries(track, trial_ids, groups),
+        privacy=(
+            suite_summaries(track, trial_ids[0], groups[trial_ids[0]])
+            if track.protocol == 2
+            else privacy_summaries(track, trial_ids, groups)
+        ),
         i2f=i2f_summary(trial_ids[0], groups[trial_ids[0]]),
         utility=UtilitySummary(
             gradient_cosine=gradient_cosine(groups[trial_ids[0]]),
@@ -156,6 +191,7 @@ def build_entry(
             ),
             seconds=seconds,
         ),  # fmt: skip
+        worst_case=suite_worst_case(track, groups[trial_ids[0]]) if track.protocol == 2 else None,
     )
 
 
@@ -172,6 +208,7 @@ def submit(
     description: str | None = None,
     progress: bool = False,
     data_root: str | None = None,
+    skip_existing: bool = False,
 ) -> Submission | None:
     """Measure ``defense(**params)`` on ``track`` and write its entry and victims file.
 
@@ -185,6 +222,10 @@ def submit(
         reference / description: URL or DOI, and one line, stored with the defense.
         progress: show Lightning's progress bar.
         data_root: where the dataset's files are (not needed for embedded datasets).
+        skip_existing: return at once (``skipped=True``) when the entry file exists.
+
+    The trial records are kept under ``work_dir/<track>/<defense>-<config hash>``; the hash covers the
+    defense's package, version and code, so a changed defense starts afresh instead of reusing them.
 
     Returns:
         The :class:`Submission` on the main process; ``None`` on the other DDP ranks.
@@ -193,9 +234,14 @@ def submit(
 
     start = time.perf_counter()
     track = track if isinstance(track, Track) else load_track(track, root)
-    info = defense_info(defense, dict(params or {}), reference=reference, description=description)
-    digest = config_hash(track.ref, info.name, info.params)
+    info = defense_info(defense, dict(params or {}), reference=reference, description=description, track=track)
+    digest = entry_digest(track.ref, info)
     entry_path, victims_path = entry_paths(track.ref, info.name, digest, root)
+    if skip_existing and entry_path.exists():
+        return Submission(None, entry_path, victims_path, skipped=True)
+    if process_rank() == 0:  # say where the entry will go before anything runs
+        print(f"leaderboard root {entry_path.parents[3]} (DGLBENCH_LEADERBOARDS or --root); entry {entry_path.name}",
+              flush=True)  # fmt: skip
     configs = track.trial_configs(defense, info.params, data_root)
     out_dir = Path(work_dir) / track.id / f"{entry_slug(info.name)}-{digest}"
     records: list[VictimRecord] = []

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dglbench.errors import ConfigError, DataNotFoundError, DglbenchError
 from dglbench.io import load_yaml_mapping
@@ -134,6 +134,13 @@ class RankingSpec:
     metric: str
     tie_break: str
     max_accuracy_drop: float
+    leakage: tuple[str, ...] = ()
+    bootstrap: int = 0
+    bootstrap_seed: int = 0
+
+    #: Protocol v2 keys (``attack: worst_case``): the metrics the leakage score combines, each relative to its
+    #: blind-guess floor, and the resamples and seed of its 95 % bootstrap interval. v1 tracks omit them.
+    __optional_keys__: ClassVar[tuple[str, ...]] = ("leakage", "bootstrap", "bootstrap_seed")
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,11 @@ class Track:
     ranking: RankingSpec
     tolerances: Tolerances
     references: list[str]
+    protocol: int = 1
+
+    #: ``protocol`` 1 (v1 tracks, which omit it): victims and FedSGD clients may hold different batches, one trial
+    #: per attack. ``protocol`` 2: see :mod:`dglbench.leaderboard.protocol`.
+    __optional_keys__: ClassVar[tuple[str, ...]] = ("protocol",)
 
     def __post_init__(self) -> None:
         if not _ID.match(self.id):
@@ -185,7 +197,13 @@ class Track:
         names = [a.name for a in self.attacks]
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"track {self.id}: the attack suite must list at least one attack, each once")
-        if self.ranking.attack not in (*names, "strongest"):
+        if self.protocol not in (1, 2):
+            raise ConfigError(f"track {self.id}: protocol must be 1 or 2, got {self.protocol!r}")
+        if self.protocol == 2:
+            from dglbench.leaderboard.protocol import check_track
+
+            check_track(self)
+        elif self.ranking.attack not in (*names, "strongest"):
             raise ConfigError(
                 f"track {self.id}: ranking.attack {self.ranking.attack!r} is not 'strongest' or in the suite {names}"
             )
@@ -233,6 +251,10 @@ class Track:
         Entries store it; formatting, comments and wording can change without invalidating them.
         """
         protocol = {k: v for k, v in to_dict(self).items() if k not in PROSE_KEYS}
+        if self.protocol == 1:  # keys added with protocol 2 are left out, so v1 tracks keep their hash
+            protocol.pop("protocol")
+            for key in RankingSpec.__optional_keys__:
+                protocol["ranking"].pop(key)
         blob = json.dumps(protocol, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -245,6 +267,10 @@ class Track:
         from dglbench.attacks import ATTACKS
         from dglbench.trial import TrialConfig
 
+        if self.protocol == 2:
+            from dglbench.leaderboard.protocol import trial_configs
+
+            return trial_configs(self, defense, params, data_root)
         data_params = dict(self.data.params)
         if data_root is not None:
             data_params["root"] = str(data_root)

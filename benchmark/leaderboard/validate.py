@@ -2,7 +2,7 @@
 
 Checks, each reported as one line ``<file>: <problem>``:
 
-* **schema** — the entry and its victims file parse under schema v1 (after migration): no unknown
+* **schema** — the entry and its victims file parse under schema v2 (v1 entries after migration): no unknown
   or missing keys, every value of its declared type (numbers are numbers, not strings);
 * **identity** — ``entry_id``, file name, ``config_hash`` and the defense's name and parameters agree;
   no two files share an entry id; a built-in defense is named by its registered name;
@@ -16,7 +16,10 @@ Checks, each reported as one line ``<file>: <problem>``:
 * **aggregates** — privacy, I2F and gradient-cosine summaries recomputed from the victims file match
   the stored ones (relative tolerance 1e-6), and derived fields (``accuracy_drop``, failure counts,
   FedSGD settings, seeds) match their inputs;
-* **data files** — the JSON Schema files in ``leaderboards/v1/schema`` match the dataclasses.
+* **data files** — the JSON Schema files in ``leaderboards/v2/schema`` match the dataclasses (``v1/schema``
+  keeps schema v1 as published).
+* **protocol 2** — the suite's per-victim worst case and leakage summary are recomputed too; an attack that
+  diverged (non-finite loss or metrics) counts as failed on that victim.
 
 Example:
     >>> problems = validate_paths([])  # all stored entries
@@ -32,11 +35,20 @@ from pathlib import Path
 from typing import Any
 
 from dglbench.errors import DglbenchError
-from dglbench.leaderboard.aggregate import accuracy_drop, by_trial, gradient_cosine, i2f_summary, privacy_summaries
+from dglbench.leaderboard.aggregate import (
+    accuracy_drop,
+    by_trial,
+    gradient_cosine,
+    i2f_summary,
+    privacy_summaries,
+    suite_summaries,
+    suite_worst_case,
+)
 from dglbench.leaderboard.schema import (
+    SCHEMA_VERSION,
     DefenseInfo,
     Entry,
-    config_hash,
+    entry_digest,
     entry_json_schema,
     entry_slug,
     victims_json_schema,
@@ -95,7 +107,7 @@ def _identity_problems(entry: Entry, path: Path, root: Path) -> list[str]:
     """Entry id, config hash, provenance track and file location agree with the defense and parameters."""
     problems = []
     d = entry.defense
-    digest = config_hash(entry.track, d.name, d.params)
+    digest = entry_digest(entry.track, d)
     expected_id = f"{entry.track}/{entry_slug(d.name)}-{digest}"
     if entry.entry_id != expected_id:
         problems.append(f"entry_id {entry.entry_id!r} does not match its track, defense and parameters ({expected_id})")
@@ -198,13 +210,20 @@ def _configuration_problems(entry: Entry, configs: list[Any], groups: dict[str, 
 def _aggregate_problems(entry: Entry, track: Track, groups: dict[str, list[dict]]) -> list[str]:
     """The stored summaries are the ones the victims file gives."""
     trial_ids = entry.provenance.trial_ids
+    v2 = track.protocol == 2
     recomputed = {
-        "privacy": to_dict(privacy_summaries(track, trial_ids, groups)),
+        "privacy": to_dict(
+            suite_summaries(track, trial_ids[0], groups[trial_ids[0]])
+            if v2
+            else privacy_summaries(track, trial_ids, groups)
+        ),
+        "worst_case": to_dict(suite_worst_case(track, groups[trial_ids[0]])) if v2 else None,
         "i2f": to_dict(i2f_summary(trial_ids[0], groups[trial_ids[0]])),
         "utility.gradient_cosine": to_dict(gradient_cosine(groups[trial_ids[0]])),
     }
     stored = {
         "privacy": to_dict(entry.privacy),
+        "worst_case": to_dict(entry.worst_case),
         "i2f": to_dict(entry.i2f),
         "utility.gradient_cosine": to_dict(entry.utility.gradient_cosine),
     }
@@ -280,7 +299,7 @@ def validate_entry(path: str | Path, root: str | Path | None = None) -> list[str
 def _schema_problems(root: Path) -> list[str]:
     problems = []
     for name, schema in (("entry", entry_json_schema()), ("victims", victims_json_schema())):
-        for folder in sorted(root.glob("v*/schema")):
+        for folder in [root / f"v{SCHEMA_VERSION}" / "schema"]:  # older folders keep their schema as published
             path = folder / f"{name}.schema.json"
             if not path.exists() or read_json(path) != schema:
                 problems.append(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from dglbench.defenses import DEFENSES
 from dglbench.leaderboard.render import render_all
+from dglbench.leaderboard.migrate import migrate_entry
 from dglbench.leaderboard.schema import Entry
 from dglbench.leaderboard.store import entry_files, load_entry, read_json, victims_path
 from dglbench.leaderboard.track import default_root, list_tracks
@@ -29,7 +30,7 @@ def test_every_stored_track_and_entry_is_valid():
 
 @pytest.mark.parametrize("path", ENTRIES, ids=[p.stem for p in ENTRIES])
 def test_every_stored_entry_parses(path):
-    entry = from_dict(Entry, read_json(path))
+    entry = from_dict(Entry, migrate_entry(read_json(path)))
     assert victims_path(path).exists()
     assert entry.entry_id.endswith(path.stem)
 

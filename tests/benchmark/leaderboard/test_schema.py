@@ -70,9 +70,20 @@ def entry_dict(lb_root, synthetic_entry) -> dict:
 
 
 def test_exported_schema_files_are_in_sync_with_the_dataclasses():
-    folder = REPO / "leaderboards" / "v1" / "schema"
+    folder = REPO / "leaderboards" / "v2" / "schema"
     assert json.loads((folder / "entry.schema.json").read_text()) == entry_json_schema()
     assert json.loads((folder / "victims.schema.json").read_text()) == victims_json_schema()
+
+
+def test_v1_entries_conform_to_the_v1_schema_as_published_and_not_to_v2():
+    v1 = json.loads((REPO / "leaderboards" / "v1" / "schema" / "entry.schema.json").read_text())
+    files = sorted((REPO / "leaderboards" / "v1" / "entries").glob("*/*[!s].json"))
+    files = [f for f in files if not f.name.endswith(".victims.json")]
+    assert files
+    for f in files:
+        data = json.loads(f.read_text())
+        assert conforms(data, v1, v1["$defs"]), f
+        assert not conforms(data, entry_json_schema(), entry_json_schema()["$defs"]), f  # v2 adds required fields
 
 
 def test_exported_schema_accepts_an_entry_and_rejects_what_the_parser_rejects(entry_dict):
@@ -116,8 +127,8 @@ def test_schema_errors_name_the_path_of_the_bad_value(entry_dict):
     with pytest.raises(SchemaError, match="finite"):
         from_dict(Entry, bad)
     bad = copy.deepcopy(entry_dict)
-    bad["schema_version"] = 2
-    with pytest.raises(ConfigError, match="reads schema v1 entries only"):
+    bad["schema_version"] = 1  # the dataclass is schema v2; v1 data is read through the migration
+    with pytest.raises(ConfigError, match="reads schema v2 entries only"):
         from_dict(Entry, bad)
 
 
@@ -146,10 +157,11 @@ def test_summaries_match_numpy_and_scipy():
 
 
 # ------------------------------------------------------------------------------------------- schema version
-def test_only_schema_v1_is_read_and_a_newer_version_asks_for_a_newer_dglbench(entry_dict, tmp_path):
-    assert SCHEMA_VERSION == 1
+def test_schemas_v1_and_v2_are_read_and_a_newer_version_asks_for_a_newer_dglbench(entry_dict, tmp_path):
+    assert SCHEMA_VERSION == 2
     check_schema_version(entry_dict)
-    for bad, match in (({"schema_version": 2}, "newer than this dglbench knows"),
+    check_schema_version({"schema_version": 1})
+    for bad, match in (({"schema_version": 3}, "newer than this dglbench knows"),
                        ({"schema_version": "1"}, "positive integer"), ({"schema_version": True}, "positive integer"),
                        ([1], "JSON object")):  # fmt: skip
         with pytest.raises(EntryFileError, match=match):
