@@ -25,7 +25,7 @@ def machine() -> str:
 
 
 def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
-    from dglbench import bench_adaptive, bench_attacks, bench_i2f
+    from dglbench import bench_adaptive, bench_attacks, bench_attacks_more, bench_i2f
     from dglbench.sweep import bench_demo
 
     return {
@@ -33,6 +33,7 @@ def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
         "i2f-scale": ("I2F at sweep scale: many perturbations per victim, preconditioned CG", bench_i2f.run_scale),
         "attacks": ("Attacks", bench_attacks.run),
         "adaptive": ("Adaptive attacks vs plain attacks, per defense family", bench_adaptive.run),
+        "attacks-more": ("Closed-form attacks and a malicious server", bench_attacks_more.run),
         "demo": ("Demo (experiment 1 on embedded data)", bench_demo.run),
     }
 
