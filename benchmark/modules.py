@@ -45,6 +45,7 @@ __all__ = [
     "SuiteAttack",
     "attack_suite",
     "build_victim_model",
+    "initialized_model",
     "log_record",
     "provenance",
 ]
@@ -53,7 +54,22 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def build_victim_model(config: TrialConfig, num_classes: int, image_shape: Sequence[int]) -> torch.nn.Module:
-    """The trial's victim model from timm's registry, initialized, twice differentiable, in the case's mode."""
+    """The trial's victim model from timm's registry, initialized, in its training state (``model_state``:
+    :mod:`dglbench.model_state`), twice differentiable, in the case's mode."""
+    from dglbench import models
+    from dglbench.model_state import load_trained_state, victim_checkpoint
+
+    model = initialized_model(config, num_classes, image_shape)
+    checkpoint = victim_checkpoint(config)
+    if checkpoint is not None:
+        load_trained_state(model, checkpoint)
+    models.make_twice_differentiable(model)
+    config.case_obj.prepare(model)
+    return model.to(_DTYPES[config.dtype])
+
+
+def initialized_model(config: TrialConfig, num_classes: int, image_shape: Sequence[int]) -> torch.nn.Module:
+    """The trial's model from timm's registry as its initialization scheme leaves it (float32, train mode)."""
     import timm
     from dglbench import models
     from dglbench.models.init import initialize
@@ -72,9 +88,7 @@ def build_victim_model(config: TrialConfig, num_classes: int, image_shape: Seque
     except TypeError as exc:
         raise ConfigError(f"bad model_params for {config.model!r}: {exc}") from None
     initialize(model, config.init, seed=config.init_seed)
-    models.make_twice_differentiable(model)
-    config.case_obj.prepare(model)
-    return model.to(_DTYPES[config.dtype])
+    return model
 
 
 @lru_cache(maxsize=1)
@@ -306,6 +320,8 @@ class LeakageModule(pl.LightningModule):
         """Process a batch of ``V`` victims (``images [V, B, C, H, W]``); one record per victim."""
         if not hasattr(self, "box"):
             self._prepare_static()
+        assert self.victim_model is not None
+        self.config.case_obj.prepare(self.victim_model)  # Lightning's predict loop put every submodule in eval mode
         dtype = _DTYPES[self.config.dtype]
         ids = [int(v) for v in torch.as_tensor(batch["victim_id"]).reshape(-1)]
         victims = [
@@ -342,8 +358,17 @@ class LeakageModule(pl.LightningModule):
             utility=v.utility, defense=v.defense, timings=timings,
             provenance={**provenance(self.device, cfg.dtype), "seeds": {
                 "trial": cfg.seed, "init": cfg.init_seed, "victims": int(cfg.dataset_params.get("seed", 0)),
-            }},
+            }, **self._threat_model()},
         )  # fmt: skip
+
+    def _threat_model(self) -> dict[str, Any]:
+        """The resolved case (every field, defaults included) and the model's training state, for the record."""
+        import dataclasses as dc
+
+        from dglbench.model_state import describe_model_state, victim_checkpoint
+
+        cfg = self.config
+        return {"case": dc.asdict(cfg.case_obj), "model_state": describe_model_state(cfg, victim_checkpoint(cfg))}
 
     # ------------------------------------------------------------------------------------------- stages
     def _defend(self, victims: list[_Victim]) -> None:
@@ -426,11 +451,12 @@ class LeakageModule(pl.LightningModule):
         return left
 
     def _run_estimate(self, images: Any, labels: Any, deltas: Any) -> Any:
-        """:func:`~dglbench.influence.estimate_i2f` with the trial's settings (victims, or one victim's rows)."""
+        """:func:`~dglbench.influence.estimate_i2f` with the trial's settings (victims, or one victim's rows); ``K``
+        is the Jacobian of what the case's client shares (the gradient under FedSGD, ``Δθ`` under FedAvg)."""
         assert self.victim_model is not None
         cfg = self.config
         return estimate_i2f(
-            self.victim_model, images, labels, deltas, cfg.case_obj.loss_fn(), eps=cfg.eps,
+            self.victim_model, images, labels, deltas, case=cfg.case_obj, eps=cfg.eps,
             lower_bound_tol=cfg.lower_bound_tol, cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, seed=cfg.seed,
         )  # fmt: skip
 
@@ -469,6 +495,7 @@ class LeakageModule(pl.LightningModule):
             return
         assert self.victim_model is not None
         payloads = [make_payload(self.config.case_obj, v.defended, v.labels) for v in victims]
+        attacker_model = self.config.case_obj.attacker_model(self.victim_model)  # case.bn_stats
         for i, member in enumerate(self.suite):
             salt = "attack" if i == 0 else f"attack:{member.key}"  # the first attack's draws as before suites
             gens = [_victim_generator(self.config.seed, v.victim_id, self.device, salt) for v in victims]
@@ -480,7 +507,7 @@ class LeakageModule(pl.LightningModule):
             start = time.perf_counter()
             try:
                 results = member.attack.run_many(
-                    self.victim_model, payloads, self.dm.image_shape, box=self.box, generator=gens
+                    attacker_model, payloads, self.dm.image_shape, box=self.box, generator=gens
                 )
             except (DglbenchError, RuntimeError, ValueError) as exc:
                 for v in victims:

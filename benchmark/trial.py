@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from dglbench.case import Case
 from dglbench.errors import ConfigError
+from dglbench.model_state import parse_model_state
 from dglbench.params import Count, NonNegativeFloat, ParamError, Tolerance, check_fields
 
 
@@ -72,6 +73,11 @@ class TrialConfig:
         eps: damping values of exact I2F (one value per entry).
         lower_bound_tol / cg_tol / cg_max_iter: solver tolerances.
         case: the threat model (see :class:`dglbench.case.Case`), as a dict.
+        model_state: the victim model's training state: ``"init"`` (as initialized; left out of the trial's
+            dict so ids made before the key existed stay) or ``{trained_steps: k, lr, batch_size, seed}``, trained
+            for ``k`` SGD steps on the split the victims are not drawn from (:mod:`dglbench.model_state`); the
+            recipe's key (data, model, initialization, recipe and its source) enters the trial id, the trained
+            weights' SHA-256 the records.
         seed: seeds the defense's generator and the attack's initialization.
         victims_per_step: victims vectorized together in one step.
         lpips: whether to try LPIPS (recorded as unavailable when its weights are absent).
@@ -96,6 +102,7 @@ class TrialConfig:
     cg_tol: Tolerance = 1e-4
     cg_max_iter: Count = 300
     case: dict[str, Any] = field(default_factory=dict)
+    model_state: str | dict[str, Any] = "init"
     seed: int = 0
     victims_per_step: Count = 4
     lpips: bool = True
@@ -104,7 +111,7 @@ class TrialConfig:
     def __post_init__(self) -> None:
         if isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool):
             object.__setattr__(self, "eps", (self.eps,))  # `eps: 0.1` is short for `eps: [0.1]`
-        check_fields(self, json=True, skip=("attacks",))  # types and ranges from the hints (dglbench.params)
+        check_fields(self, json=True, skip=("attacks", "model_state"))  # types and ranges (dglbench.params)
         _normalize_attacks(self)
         if self.attack is None and not self.estimate:
             raise ConfigError("a trial with attack: null and estimate: false measures nothing; enable one of them")
@@ -113,6 +120,7 @@ class TrialConfig:
         if unknown:
             raise ConfigError(f"unknown case key {unknown[0]!r}; known keys: {', '.join(sorted(case_keys))}")
         Case(**self.case)  # validates the case
+        parse_model_state(self.model_state)  # validates the training state
 
     # ---------------------------------------------------------------------------------------- (de)serialization
     @classmethod
@@ -146,12 +154,15 @@ class TrialConfig:
             del data["attacks"]
         if self.adaptive:
             del data["adaptive"]
+        if self.model_state == "init":
+            del data["model_state"]
         return _freeze(data)
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrialConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"defense_params.sigma": 0.1}``."""
         data = self.to_dict()
         data.setdefault("adaptive", self.adaptive)
+        data.setdefault("model_state", self.model_state)
         heads = {dotted.split(".")[0] for dotted in overrides}
         if heads & {"attack", "attack_params"}:
             data.pop("attacks", None)
@@ -214,8 +225,14 @@ class TrialConfig:
 
     @property
     def trial_id(self) -> str:
-        """Stable id: a hash of the resolved configuration and the dglbench version."""
+        """Stable id: a hash of the resolved configuration and the dglbench version (and, for a trained
+        ``model_state``, the key of its training recipe: :func:`dglbench.model_state.model_state_key`)."""
         from dglbench import __version__
+        from dglbench.model_state import model_state_key
 
-        blob = json.dumps({"config": self.to_dict(), "version": __version__}, sort_keys=True)
+        content: dict[str, Any] = {"config": self.to_dict(), "version": __version__}
+        key = model_state_key(self)
+        if key is not None:
+            content["model_state_key"] = key
+        blob = json.dumps(content, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
