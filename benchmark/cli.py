@@ -131,8 +131,16 @@ def _summary_rows(records: list[VictimRecord]) -> list[dict[str, object]]:
         row: dict[str, object] = {"victim": r.victim_id, "status": r.status}
         est = r.estimate
         if est is not None:
-            row.update({"JtDelta": est.jt_delta, "MaxEigenValue": est.max_eigenvalue, "I2F_lb": est.lower_bound})
-            row.update({f"I2F(eps={k})": v for k, v in est.exact.items()})
+            row.update({"JtDelta": est.jt_delta, "MaxEigenValue": est.max_eigenvalue})
+            if not est.exact_lower_bound:  # a record made before the damped bounds: Eq. 5 is the bound at eps = 0
+                row["I2F_lb(eps=0)"] = est.lower_bound
+            for k, v in est.exact.items():
+                if k in est.exact_lower_bound:
+                    row[f"lb(eps={_eps_label(k)})"] = est.exact_lower_bound[k]
+                row[f"I2F(eps={_eps_label(k)})"] = v
+            flagged = [_eps_label(k) for k, bad in est.exact_ill_conditioned.items() if bad]
+            if flagged:
+                row["ill-conditioned"] = ",".join(flagged)
         if r.metrics:
             row.update({"||x^-x||": r.metric("l2_error"), "PSNR": r.metric("psnr"), "SSIM": r.metric("ssim")})
             if len(r.attacks) > 1:  # the worst case over the suite: name the attack each number came from
@@ -143,12 +151,23 @@ def _summary_rows(records: list[VictimRecord]) -> list[dict[str, object]]:
     return rows
 
 
+def _eps_label(key: str) -> str:
+    """``"0.1"`` → ``0.1``; ``"rel:0.001"`` (ε = 0.001 λ_max) → ``0.001*lmax``."""
+    return f"{key[4:]}*lmax" if key.startswith("rel:") else key
+
+
 def _print_records(records: list[VictimRecord]) -> None:
     rows = _summary_rows(records)
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
     print(_table(rows, columns))
+    if any(r.estimate is not None and r.estimate.exact_lower_bound for r in records):
+        print(
+            "lb(eps=e) = ||K^T delta|| / (lambda_max + e) is the lower bound of I2F(eps=e), the same damped quantity; "
+            "e*lmax is a damping relative to each victim's lambda_max. ill-conditioned: the eps = 0 solve did not "
+            "converge or its smallest Ritz value is too small to trust."
+        )
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -194,7 +213,9 @@ def _cmd_i2f(args: argparse.Namespace) -> None:
 
     config = TrialConfig(
         dataset=args.dataset, model=args.model, init=args.init, init_seed=args.seed, seed=args.seed,
-        defense=args.defense, defense_params=parse_params(args.param), attack=None, eps=tuple(args.eps),
+        defense=args.defense, defense_params=parse_params(args.param), attack=None,
+        eps=None if args.eps is None else tuple(args.eps),
+        eps_relative=None if args.eps_relative is None else tuple(args.eps_relative),
         dataset_params={"num_victims": args.victims, **({"image_size": args.image_size} if args.image_size else {})},
     )  # fmt: skip
     _print_records(run_trial(config, progress=False))
@@ -230,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--defense", default="gaussian")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="defense parameter")
-    p.add_argument("--eps", type=float, nargs="+", default=[0.1], help="damping values of exact I2F")
+    p.add_argument("--eps", type=float, nargs="+", default=None, help="absolute damping values of exact I2F")
+    p.add_argument(
+        "--eps-relative", type=float, nargs="+", default=None,
+        help="damping values as fractions of each victim's lambda_max (default with no --eps: 0.001, beside eps 0)",
+    )  # fmt: skip
     p.add_argument("--image-size", type=int, default=None)
 
     p = add("run", _cmd_run, "run one trial (defense → I2F → attack → metrics) over its victims")

@@ -481,9 +481,10 @@ def i2f_lower_bound(
 def _lanczos_of(op: GradientOperator, like: Tensor, tol: float, max_iter: int, seed: int, ritz: int) -> LanczosOutput:
     """Lanczos for ``λ_max`` from ``Kᵀr`` (``r`` random in parameter space; one product): a start in the range of
     ``KᵀK`` keeps the Ritz vectors there, so the preconditioner they make leaves ε = 0's minimum-norm solution alone
-    where ``KᵀK`` is singular."""
-    start = op.rmatvec(_start_vectors(op.gradient, seed))
-    fallback = _start_vectors(like[:, 0], seed)  # K = 0: any start gives λ_max = 0
+    where ``KᵀK`` is singular. Every victim gets the same ``r`` (drawn from ``seed``), so its start, and its
+    numbers, do not depend on which victims it was grouped with."""
+    start = op.rmatvec(_start_vectors(op.gradient[:1], seed).expand_as(op.gradient))
+    fallback = _start_vectors(like[:1, 0], seed).expand_as(like[:, 0])  # K = 0: any start gives λ_max = 0
     start = torch.where(start.norm(dim=1, keepdim=True) > 0, start, fallback)
     return lanczos(op.gram, start, 1, tol, max_iter, ritz=ritz)
 

@@ -31,9 +31,9 @@ from dglbench.case import DefenseContext, make_payload
 from dglbench.errors import ConfigError, DglbenchError
 from dglbench.influence import estimate_i2f
 from dglbench.io import atomic_write_json
-from dglbench.layout import TrialLayout
+from dglbench.layout import TrialImages, TrialLayout
 from dglbench.metrics import METRICS
-from dglbench.record import AttackOutcome, Estimate, Timings, VictimRecord, jsonable, worst_case
+from dglbench.record import AttackOutcome, Estimate, Timings, VictimRecord, damping_key, jsonable, worst_case
 from dglbench.trial import TrialConfig
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: ``save_images`` unset: a trial saves reconstructions when one image has at most this many values (3×64×64).
+SAVE_IMAGES_MAX_PIXELS = 3 * 64 * 64
 
 
 def build_victim_model(config: TrialConfig, num_classes: int, image_shape: Sequence[int]) -> torch.nn.Module:
@@ -155,6 +157,8 @@ class _Victim:
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("defense", "i2f", "attack", "metrics"), 0.0)
     )
+    steps: dict[str, Any] = field(default_factory=lambda: {"attack_steps": {}})  # shared steps' seconds, victims
+    reconstructions: dict[str, Tensor] = field(default_factory=dict)  # attack key → images (normalized space)
 
     def fail(self, stage: str, exc: BaseException) -> None:
         self.status, self.reason = "failed", f"{stage}: {_reason(exc)}"
@@ -250,6 +254,8 @@ class LeakageModule(pl.LightningModule):
         records_dir: where :class:`RecordWriter` finds finished victims (they are skipped).
         i2f_share: the :class:`I2FShare` of the trial's group (a sweep's trials that differ only in the
             defense): each victim's I2F is computed once for the whole group.
+        images_dir: where each victim's originals and reconstructions are saved
+            (:func:`dglbench.layout.save_reconstructions`; ``save_images`` of the trial decides whether).
 
     Example:
         >>> module = LeakageModule({"attack": None, "dataset_params": {"num_victims": 2}})
@@ -263,6 +269,7 @@ class LeakageModule(pl.LightningModule):
         mode: str | None = None,
         records_dir: str | None = None,
         i2f_share: I2FShare | None = None,
+        images_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.config = config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config)
@@ -275,6 +282,7 @@ class LeakageModule(pl.LightningModule):
         if self.mode != "estimate" and not self.config.attack:
             raise ConfigError(f"mode {self.mode!r} needs an attack, but the trial has attack: null")
         self.layout = TrialLayout(Path(records_dir)) if records_dir else None
+        self.images = TrialImages(Path(images_dir)) if images_dir else None
         self.victim_model: torch.nn.Module | None = None
         self.i2f_share = i2f_share if i2f_share is not None and len(i2f_share.configs) > 1 else None
         if self.i2f_share is not None and self.config.trial_id not in {c.trial_id for c in self.i2f_share.configs}:
@@ -329,15 +337,41 @@ class LeakageModule(pl.LightningModule):
                     batch["indices"][i].tolist(), time.perf_counter())
             for i, v in enumerate(ids) if not self._done(v)
         ]  # fmt: skip
+        for v in victims:
+            v.steps["step_victims"] = len(victims)
         self._defend(victims)
         if self.mode in ("both", "estimate"):
             self._estimate([v for v in victims if v.status == "ok"])
         if self.mode in ("both", "attack"):
             self._attack([v for v in victims if v.status == "ok"])
         records = [self._record(v) for v in victims]
+        if self.images is not None and self._saves_images():
+            for v, rec in zip(victims, records):
+                self._save_images(v, rec)
         for rec in records:
             self._log(rec)
         return records
+
+    def _saves_images(self) -> bool:
+        """``save_images`` of the trial; unset: on for images of at most :data:`SAVE_IMAGES_MAX_PIXELS` values."""
+        if self.config.save_images is not None:
+            return bool(self.config.save_images)
+        return int(torch.tensor(self.dm.image_shape).prod()) <= SAVE_IMAGES_MAX_PIXELS
+
+    def _save_images(self, v: _Victim, rec: VictimRecord) -> None:
+        """The victim's originals and each attack's reconstruction as uint8, before its record marks it done."""
+        from dglbench.datamodules.base import owned_by_rank
+        from dglbench.layout import save_reconstructions
+
+        assert self.images is not None
+        if self._trainer is not None and not bool(
+            owned_by_rank(v.victim_id, self.trainer.global_rank, self.trainer.world_size)
+        ):
+            return
+        source = rec.worst.source if rec.worst is not None and rec.worst.status == "ok" else {}
+        worst = source.get("psnr") or source.get("l2_error")
+        pixels = {key: self.dm.denormalize(images) for key, images in v.reconstructions.items()}
+        save_reconstructions(self.images.victim(v.victim_id), self.dm.denormalize(v.images), pixels, worst, v.indices)
 
     # ------------------------------------------------------------------------------------------- the record
     def _record(self, v: _Victim) -> VictimRecord:
@@ -349,7 +383,9 @@ class LeakageModule(pl.LightningModule):
             if worst.status != "ok":
                 one_failed = len(v.outcomes) == 1 and v.outcomes[0].status == "failed"
                 status, reason = "failed", v.outcomes[0].reason if one_failed else f"attack: {worst.reason}"
-        timings = Timings(**v.seconds, total=time.perf_counter() - v.start, peak_memory_mb=_peak_memory_mb(self.device))
+        timings = Timings(
+            **v.seconds, total=time.perf_counter() - v.start, peak_memory_mb=_peak_memory_mb(self.device), **v.steps
+        )
         cfg = self.config
         return VictimRecord(
             trial_id=cfg.trial_id, victim_id=v.victim_id, indices=tuple(v.indices),
@@ -408,9 +444,10 @@ class LeakageModule(pl.LightningModule):
                     self._estimate_group([v])
                 except (DglbenchError, RuntimeError, ValueError) as exc:
                     v.fail("i2f", exc)
-        share = (time.perf_counter() - start) / len(victims)
+        elapsed = time.perf_counter() - start
         for v in victims:
-            v.seconds["i2f"] = share
+            v.seconds["i2f"] = elapsed / len(victims)
+            v.steps.update(i2f_step=elapsed, i2f_victims=len(victims))
 
     def _estimate_shared(self, victims: list[_Victim]) -> list[_Victim]:
         """Estimates from the group's :class:`I2FShare` (computing them for every member); the victims left over."""
@@ -424,6 +461,7 @@ class LeakageModule(pl.LightningModule):
             if (cached := share.take(cfg.trial_id, v.victim_id)) is not None:
                 self._apply_estimate(v, cached)
                 v.seconds["i2f"] = time.perf_counter() - start
+                v.steps.update(i2f_step=v.seconds["i2f"], i2f_victims=1)
                 continue
             rows, owners = [v.defended - v.clean], [cfg.trial_id]  # type: ignore[operator]
             for member in members:  # each member's draws are its own trial's: same seed, victim and salt
@@ -448,6 +486,7 @@ class LeakageModule(pl.LightningModule):
                 else:
                     share.estimates[(owner, v.victim_id)] = estimate
             v.seconds["i2f"] = time.perf_counter() - start
+            v.steps.update(i2f_step=v.seconds["i2f"], i2f_victims=1)
         return left
 
     def _run_estimate(self, images: Any, labels: Any, deltas: Any) -> Any:
@@ -456,21 +495,32 @@ class LeakageModule(pl.LightningModule):
         assert self.victim_model is not None
         cfg = self.config
         return estimate_i2f(
-            self.victim_model, images, labels, deltas, case=cfg.case_obj, eps=cfg.eps,
-            lower_bound_tol=cfg.lower_bound_tol, cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter, seed=cfg.seed,
+            self.victim_model, images, labels, deltas, case=cfg.case_obj, eps=cfg.eps, eps_relative=cfg.eps_relative,
+            rescale=True, lower_bound_tol=cfg.lower_bound_tol, cg_tol=cfg.cg_tol, cg_max_iter=cfg.cg_max_iter,
+            seed=cfg.seed,
         )  # fmt: skip
 
     @staticmethod
     def _row_estimate(est: Any, i: int) -> Estimate:
-        lb, exact = est.lower_bound, est.exact
+        lb = est.lower_bound
+        terms = {damping_key(e, rel): r for rel, results in ((False, est.exact), (True, est.relative))
+                 for e, r in results.items()}  # fmt: skip
+        lam = _finite_or_none(float(lb.max_eigenvalue[i]))
+
+        def each(name: str) -> dict[str, float | None]:
+            return {k: _finite_or_none(_item(getattr(r, name), i)) for k, r in terms.items()}
+
+        used = each("eps_used")
         return Estimate(
             lower_bound=_finite_or_none(float(lb.value[i])), jt_delta=_finite_or_none(float(lb.jt_delta[i])),
-            max_eigenvalue=_finite_or_none(float(lb.max_eigenvalue[i])),
-            lower_bound_converged=bool(lb.converged[i]),
-            exact={_eps_key(e): _finite_or_none(float(r.value[i])) for e, r in exact.items()},
-            exact_converged={_eps_key(e): bool(r.converged[i]) for e, r in exact.items()},
-            exact_residual={_eps_key(e): _finite_or_none(float(r.residual[i])) for e, r in exact.items()},
-            products=int(est.products[i]),
+            max_eigenvalue=lam, lower_bound_converged=bool(lb.converged[i]),
+            exact=each("value"), exact_converged={k: bool(r.converged[i]) for k, r in terms.items()},
+            exact_residual=each("residual"), products=int(est.products[i]),
+            exact_lower_bound=each("lower_bound"), eps_used=used,
+            eps_relative={k: None if e is None or not lam else e / lam for k, e in used.items()},
+            exact_ill_conditioned={k: bool(_item(r.ill_conditioned, i)) for k, r in terms.items()},
+            exact_rescaled=each("rescaled"), exact_rescaled_layer=each("rescaled_layer"),
+            rescale=None if est.scale is None else _finite_or_none(float(est.scale[i])),
         )  # fmt: skip
 
     @staticmethod
@@ -513,12 +563,14 @@ class LeakageModule(pl.LightningModule):
                 for v in victims:
                     v.outcomes.append(self._outcome(member, None, "failed", f"attack: {_reason(exc)}"))
                 continue
-            share = (time.perf_counter() - start) / len(victims)
+            elapsed = time.perf_counter() - start
             for v, res in zip(victims, results):
-                v.seconds["attack"] += share
+                v.seconds["attack"] += elapsed / len(victims)
+                v.steps["attack_steps"][member.key] = {"seconds": elapsed, "victims": len(victims)}
                 if res.status != "ok":
                     v.outcomes.append(self._outcome(member, res, "failed", f"attack: {res.reason}"))
                     continue
+                v.reconstructions[member.key] = res.images.detach()
                 t0 = time.perf_counter()
                 try:
                     metrics = self._metrics(v, res)
@@ -565,14 +617,18 @@ class LeakageModule(pl.LightningModule):
 def log_record(loggers: Sequence[Any], record: VictimRecord) -> None:
     """A record's scalars to Lightning loggers (CSV by default, W&B when configured); step = victim id.
 
-    Keys: ``status_ok``, ``i2f/<term>`` (``i2f/exact@<eps>``), ``metrics/<metric>`` (the suite's worst case),
-    ``attack/<key>/<metric>`` for each attack of a suite of several, ``utility/<name>``.
+    Keys: ``status_ok``, ``i2f/<term>`` (``i2f/exact@<eps>``, ``i2f/lower_bound@<eps>``, ``i2f/rescaled@<eps>``,
+    ``i2f/rescaled_layer@<eps>``; ``<eps>`` a :func:`~dglbench.record.damping_key`), ``metrics/<metric>`` (the
+    suite's worst case), ``attack/<key>/<metric>`` for each attack of a suite of several, ``utility/<name>``.
     """
     flat: dict[str, float] = {"status_ok": float(record.ok)}
     est = record.estimate
     if est is not None:
         terms = {"lower_bound": est.lower_bound, "jt_delta": est.jt_delta, "max_eigenvalue": est.max_eigenvalue,
-                 "products": est.products, **{f"exact@{k}": v for k, v in est.exact.items()}}  # fmt: skip
+                 "products": est.products, **{f"exact@{k}": v for k, v in est.exact.items()},
+                 **{f"lower_bound@{k}": v for k, v in est.exact_lower_bound.items()},
+                 **{f"rescaled@{k}": v for k, v in est.exact_rescaled.items()},
+                 **{f"rescaled_layer@{k}": v for k, v in est.exact_rescaled_layer.items()}}  # fmt: skip
         flat.update({f"i2f/{k}": float(v) for k, v in terms.items() if v is not None})
     flat.update({f"metrics/{k}": float(v) for k, v in (record.metrics or {}).items() if v is not None})
     if len(record.attacks) > 1:
@@ -595,8 +651,8 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
-def _eps_key(eps: float) -> str:
-    return repr(float(eps))
+def _item(values: Tensor | None, i: int) -> float | None:
+    return None if values is None else float(values[i])
 
 
 def _finite_or_none(x: float | None) -> float | None:

@@ -47,6 +47,7 @@ __all__ = [
     "VictimRecord",
     "WorstCase",
     "as_record",
+    "damping_key",
     "jsonable",
     "migrate",
     "worst_case",
@@ -96,9 +97,32 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise RecordError(f"{where}: {exc}") from None
 
 
+def damping_key(eps: float, relative: bool = False) -> str:
+    """The key of an exact-I2F term: ``repr(ε)`` for an absolute damping, ``"rel:" + repr(r)`` for ε = r · λ_max.
+
+    Example:
+        >>> damping_key(0.1), damping_key(1e-3, relative=True)
+        ('0.1', 'rel:0.001')
+    """
+    return f"rel:{float(eps)!r}" if relative else repr(float(eps))
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """The I2F estimate of one victim (:func:`dglbench.influence.estimate_i2f`); ``exact`` is keyed by ``repr(eps)``."""
+    """The I2F estimate of one victim (:func:`dglbench.influence.estimate_i2f`).
+
+    ``lower_bound`` is the paper's Eq. 5, ``‖Kᵀδ‖ / λ_max``: the bound of exact I2F at ε = 0. Every dict is keyed
+    by the term's damping (:func:`damping_key`: ``"0.1"`` absolute, ``"rel:0.001"`` a fraction of ``λ_max``):
+
+    * ``exact`` — ``‖(KᵀK + εI)⁻¹ Kᵀδ‖``; ``exact_converged`` / ``exact_residual`` its CG solve;
+    * ``exact_lower_bound`` — ``‖Kᵀδ‖ / (λ_max + ε)``, the lower bound of that same damped quantity;
+    * ``eps_used`` / ``eps_relative`` — the absolute ε the solve used and ``ε / λ_max``, for every term;
+    * ``exact_ill_conditioned`` — the solve did not converge, or CG's smallest Ritz value was too small to trust
+      (matters at ε = 0, the minimum-norm solution);
+    * ``exact_rescaled`` / ``exact_rescaled_layer`` — attack-aware I2F, of ``s* g̃ − g`` with the best rescaling
+      of ``g̃`` (one ``s*``, ``rescale``, or one per parameter tensor): what a cosine attack (global or
+      layer-wise) faces. Old records lack the newer keys (empty dicts, ``None``).
+    """
 
     lower_bound: float | None
     jt_delta: float | None
@@ -108,6 +132,13 @@ class Estimate:
     exact_converged: dict[str, bool] = field(default_factory=dict)
     exact_residual: dict[str, float | None] = field(default_factory=dict)
     products: int | None = None
+    exact_lower_bound: dict[str, float | None] = field(default_factory=dict)
+    eps_used: dict[str, float | None] = field(default_factory=dict)
+    eps_relative: dict[str, float | None] = field(default_factory=dict)
+    exact_ill_conditioned: dict[str, bool] = field(default_factory=dict)
+    exact_rescaled: dict[str, float | None] = field(default_factory=dict)
+    exact_rescaled_layer: dict[str, float | None] = field(default_factory=dict)
+    rescale: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +234,16 @@ def worst_case(outcomes: Sequence[AttackOutcome]) -> WorstCase:
 
 @dataclass(frozen=True)
 class Timings:
-    """Seconds per stage (a batched stage's time is shared equally by its victims) and peak memory."""
+    """Seconds of one victim's stages, and peak memory.
+
+    A victim's own time where its stage runs alone: ``defense`` and ``metrics``. Where victims run together (the
+    vectorized I2F estimate, each attack's batched run) one victim's time is not separable, so the step's time
+    and its victim count are recorded: ``i2f_step`` seconds for ``i2f_victims`` victims, and per attack key
+    ``attack_steps[key] = {"seconds": ..., "victims": ...}``. ``i2f`` and ``attack`` are those seconds divided by
+    the victim count (an equal share; the own time when the count is 1). ``total`` is the wall time of the whole
+    step the victim ran in, shared by ``step_victims`` victims. Records written before these keys existed hold
+    only the shares and ``total``.
+    """
 
     defense: float = 0.0
     i2f: float = 0.0
@@ -211,6 +251,10 @@ class Timings:
     metrics: float = 0.0
     total: float = 0.0
     peak_memory_mb: float | None = None
+    i2f_step: float | None = None
+    i2f_victims: int | None = None
+    attack_steps: dict[str, dict[str, float]] = field(default_factory=dict)
+    step_victims: int | None = None
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,10 @@ def _run_trial(
         set_aside_invalid(final)
         for path in sorted(Path(parts.directory).glob("victim-*.json")):
             set_aside_invalid(path)
-    module = LeakageModule(config, records_dir=str(parts.directory), i2f_share=i2f_share)
+    module = LeakageModule(
+        config, records_dir=str(parts.directory), i2f_share=i2f_share,
+        images_dir=str(layout.images(config.trial_id).directory),
+    )  # fmt: skip
     trainer = make_trainer(
         devices, accelerator, progress, [RecordWriter(parts.directory)], logger=logger, strategy=strategy,
         num_nodes=num_nodes,

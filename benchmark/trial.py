@@ -53,6 +53,25 @@ def _normalize_attacks(config: TrialConfig) -> None:
     object.__setattr__(config, "attack_params", dict(specs[0]["params"]) if specs else {})
 
 
+#: relative damping of trials that name no damping: exact I2F at ε = 10⁻³ λ_max, beside ε = 0.
+DEFAULT_EPS_RELATIVE = (1e-3,)
+
+
+def _resolve_damping(config: TrialConfig) -> None:
+    """Scalars as one-element tuples; absent damping keys resolved (see ``eps`` / ``eps_relative``)."""
+    for name in ("eps", "eps_relative"):
+        value = getattr(config, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            object.__setattr__(config, name, (value,))  # `eps: 0.1` is short for `eps: [0.1]`
+    if config.eps is None and config.eps_relative is None:
+        object.__setattr__(config, "eps", (0.0,))
+        object.__setattr__(config, "eps_relative", DEFAULT_EPS_RELATIVE)
+    elif config.eps is None:
+        object.__setattr__(config, "eps", ())
+    elif config.eps_relative is None:
+        object.__setattr__(config, "eps_relative", ())
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything that determines a trial's records.
@@ -70,7 +89,11 @@ class TrialConfig:
             ``attack`` (which then names its first attack). Each victim's privacy is the worst case over it.
         adaptive: also run the adaptive attacks the defense declares (attacks that know the defense).
         estimate: whether to compute the I2F lower bound and exact I2F.
-        eps: damping values of exact I2F (one value per entry).
+        eps: absolute damping values ε of exact I2F (one term per entry).
+        eps_relative: damping values as fractions of each victim's ``λ_max`` (ε = r · λ_max: the same place in
+            every victim's spectrum). Neither given: ``eps: [0.0]`` (the minimum-norm solution) and
+            ``eps_relative: [0.001]`` (:data:`DEFAULT_EPS_RELATIVE`); ``eps`` alone: absolute damping only, as
+            before this key existed (so such trials keep their ids); both: both.
         lower_bound_tol / cg_tol / cg_max_iter: solver tolerances.
         case: the threat model (see :class:`dglbench.case.Case`), as a dict.
         model_state: the victim model's training state: ``"init"`` (as initialized; left out of the trial's
@@ -82,6 +105,8 @@ class TrialConfig:
         victims_per_step: victims vectorized together in one step.
         lpips: whether to try LPIPS (recorded as unavailable when its weights are absent).
         dtype: ``"float32"`` or ``"float64"``.
+        save_images: save each victim's originals and reconstructions (uint8, ``images/<trial_id>/`` of the run
+            folder); unset (left out of the trial's dict): on for images of at most 3×64×64 values.
     """
 
     dataset: str = "digits"
@@ -97,7 +122,8 @@ class TrialConfig:
     attacks: tuple[dict[str, Any], ...] = ()
     adaptive: bool = True
     estimate: bool = True
-    eps: tuple[NonNegativeFloat, ...] = (0.1,)
+    eps: tuple[NonNegativeFloat, ...] | None = None
+    eps_relative: tuple[NonNegativeFloat, ...] | None = None
     lower_bound_tol: Tolerance = 1e-3
     cg_tol: Tolerance = 1e-4
     cg_max_iter: Count = 300
@@ -107,10 +133,10 @@ class TrialConfig:
     victims_per_step: Count = 4
     lpips: bool = True
     dtype: Literal["float32", "float64"] = "float32"
+    save_images: bool | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool):
-            object.__setattr__(self, "eps", (self.eps,))  # `eps: 0.1` is short for `eps: [0.1]`
+        _resolve_damping(self)
         check_fields(self, json=True, skip=("attacks", "model_state"))  # types and ranges (dglbench.params)
         _normalize_attacks(self)
         if self.attack is None and not self.estimate:
@@ -156,14 +182,22 @@ class TrialConfig:
             del data["adaptive"]
         if self.model_state == "init":
             del data["model_state"]
+        if self.save_images is None:
+            del data["save_images"]
+        if not self.eps_relative:
+            del data["eps_relative"]  # absolute damping only: the dict (and id) of trials made before the key
         return _freeze(data)
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrialConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"defense_params.sigma": 0.1}``."""
         data = self.to_dict()
         data.setdefault("adaptive", self.adaptive)
+        data.setdefault("save_images", self.save_images)
+        data.setdefault("eps_relative", list(self.eps_relative or ()))
         data.setdefault("model_state", self.model_state)
         heads = {dotted.split(".")[0] for dotted in overrides}
+        if "eps" in heads and "eps_relative" not in heads:
+            data.pop("eps_relative", None)  # setting eps alone means absolute damping only, as in a config file
         if heads & {"attack", "attack_params"}:
             data.pop("attacks", None)
             data.setdefault("attack", self.attack)

@@ -121,14 +121,22 @@ def test_bad_input_from_the_installed_command(bad_files):
 
 def test_i2f_prints_a_table(capsys):
     assert main(["i2f", "--victims", "2", "--image-size", "8", "--param", "sigma=0.01", "--eps", "0.1", "1"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["victim", "status", "JtDelta", "MaxEigenValue", "I2F_lb", "I2F(eps=0.1)", "I2F(eps=1.0)"]
+    # each exact term beside the lower bound of the same damped quantity
+    assert header == [
+        "victim", "status", "JtDelta", "MaxEigenValue", "lb(eps=0.1)", "I2F(eps=0.1)", "lb(eps=1.0)", "I2F(eps=1.0)"
+    ]  # fmt: skip
+    assert "lower bound of I2F(eps=e)" in out  # the table says what lb means
     body = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
     assert [r["victim"] for r in body] == ["0", "1"] and {r["status"] for r in body} == {"ok"}
     for r in body:
-        jt, lam, lb = float(r["JtDelta"]), float(r["MaxEigenValue"]), float(r["I2F_lb"])
-        assert jt > 0 and lam > 0 and lb == pytest.approx(jt / lam, rel=2e-3)  # Eq. 5, from 4-digit columns
+        jt, lam = float(r["JtDelta"]), float(r["MaxEigenValue"])
+        for eps in (0.1, 1.0):
+            lb = float(r[f"lb(eps={eps})"])
+            assert jt > 0 and lam > 0 and lb == pytest.approx(jt / (lam + eps), rel=2e-3)  # from 4-digit columns
+            assert lb <= float(r[f"I2F(eps={eps})"])
         assert float(r["I2F(eps=1.0)"]) < float(r["I2F(eps=0.1)"])  # more damping, smaller I2F
 
 

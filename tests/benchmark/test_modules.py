@@ -72,7 +72,8 @@ def test_both_mode_records_and_undefended_attack_recovers_every_victim(undefende
     cfg, records = undefended
     check_common(records, cfg, "both")
     for r in records:
-        assert set(r.estimate.exact) == {"0.1"} and set(r.estimate.exact_residual) == {"0.1"}
+        # the default damping: ε = 0 (the minimum-norm solution) and ε = 10⁻³ λ_max
+        assert set(r.estimate.exact) == {"0.0", "rel:0.001"} == set(r.estimate.exact_residual)
         (outcome,) = r.attacks  # no defense: no adaptive attack
         assert set(r.to_dict()["attacks"][0]) == OUTCOME_KEYS and outcome.status == "ok" and not outcome.adaptive
         assert outcome.name == outcome.key == "inverting_gradients" and outcome.iterations == 200
@@ -82,7 +83,7 @@ def test_both_mode_records_and_undefended_attack_recovers_every_victim(undefende
         assert set(r.worst.source.values()) == {"inverting_gradients"}
         assert all(r.metrics[m] == outcome.metrics[m] for m in METRIC_KEYS)
         # no defense: the shared gradient is the clean one, so δ = 0 and every I2F term is exactly 0
-        assert r.estimate.jt_delta == 0 and r.estimate.lower_bound == 0 and r.estimate.exact["0.1"] == 0
+        assert r.estimate.jt_delta == 0 and r.estimate.lower_bound == 0 and set(r.estimate.exact.values()) == {0}
         assert r.utility["gradient_cosine"] == pytest.approx(1, abs=1e-5)
         assert r.metric("psnr") >= 30, r.metrics
         # the recorded error terms agree with each other: RMSE = ‖x̂ − x‖ / √d_x
@@ -110,7 +111,7 @@ def test_recorded_max_eigenvalue_matches_a_finite_difference_jacobian(undefended
 
 
 def test_estimate_only_mode():
-    cfg = config(attack=None, defense="gaussian", defense_params={"sigma": 0.01})
+    cfg = config(attack=None, defense="gaussian", defense_params={"sigma": 0.01}, eps=[0.1], eps_relative=[1e-3])
     records = run_trial(cfg, progress=False)
     check_common(records, cfg, "estimate")
     for r in records:
@@ -120,6 +121,12 @@ def test_estimate_only_mode():
         assert i.lower_bound == pytest.approx(i.jt_delta / i.max_eigenvalue, rel=1e-5)
         # damped exact I2F with ε = 0.1 is at most ‖Kᵀδ‖ / ε (the smallest eigenvalue of KᵀK + εI is ≥ ε)
         assert 0 < i.exact["0.1"] <= i.jt_delta / 0.1 * (1 + 1e-3)
+        # every term records the absolute ε it used and ε / λ_max, and the bound of its own damped quantity
+        assert i.eps_used == pytest.approx({"0.1": 0.1, "rel:0.001": 1e-3 * i.max_eigenvalue})
+        assert i.eps_relative == pytest.approx({"0.1": 0.1 / i.max_eigenvalue, "rel:0.001": 1e-3})
+        for key, eps in i.eps_used.items():
+            assert i.exact_lower_bound[key] == pytest.approx(i.jt_delta / (i.max_eigenvalue + eps), rel=1e-5)
+            assert i.exact_lower_bound[key] <= i.exact[key] and not i.exact_ill_conditioned[key]
         assert r.utility["gradient_cosine"] < 1
 
 
@@ -157,7 +164,7 @@ def test_stronger_noise_gives_worse_reconstructions_and_larger_i2f():
         assert all(r.ok for r in records)
         l2.append(statistics.mean(r.metric("l2_error") for r in records))
         lb.append(statistics.mean(r.estimate.lower_bound for r in records))
-        exact.append(statistics.mean(r.estimate.exact["0.1"] for r in records))
+        exact.append(statistics.mean(r.estimate.exact["rel:0.001"] for r in records))
     assert l2 == sorted(l2) and len(set(l2)) == 3, l2
     assert lb == sorted(lb) and len(set(lb)) == 3, lb
     assert exact == sorted(exact) and len(set(exact)) == 3, exact
