@@ -184,3 +184,18 @@ def test_cg_smallest_ritz_value_reaches_the_smallest_eigenvalue():
     assert float(out.min_ritz[0]) == pytest.approx(0.5, rel=1e-8)  # a full Krylov space: the exact λ_min
     early = conjugate_gradient(lambda v: v @ A, b, tol=1e-14, max_iter=2)
     assert float(early.min_ritz[0]) >= 0.5 - 1e-12  # a Ritz value is an upper bound on λ_min
+
+
+def test_trials_naming_absolute_eps_keep_their_dict_and_the_v1_tracks_keep_absolute_damping():
+    from dglbench.leaderboard.track import load_track
+    from dglbench.trial import TrialConfig
+
+    legacy = TrialConfig.from_dict({"eps": [0.1], "defense": "gaussian"})
+    assert legacy.eps == (0.1,) and legacy.eps_relative == ()
+    assert not {"eps_relative", "save_images"} & set(legacy.to_dict())  # the dict, so the id, made before the keys
+    fresh = TrialConfig.from_dict({"defense": "gaussian"})
+    assert (fresh.eps, fresh.eps_relative) == ((0.0,), (1e-3,)) and fresh.trial_id != legacy.trial_id
+    for track in ("digits-convnet5@1", "mnist-convnet5@1", "cifar10-cifar_resnet18@1", "imagenet-resnet50@1"):
+        for cfg in load_track(track).trial_configs("gaussian", {"sigma": 0.01}):
+            assert cfg.eps == (0.001, 0.1) and cfg.eps_relative == (), track
+            assert "eps_relative" not in cfg.to_dict()
