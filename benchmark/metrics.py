@@ -454,6 +454,22 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (a * b).sum(-1) / np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
 
 
+def _rowwise_kendall(a: np.ndarray, b: np.ndarray, max_elements: int = 4_000_000) -> np.ndarray:
+    """Kendall's tau-b of each row pair (ties handled as ``scipy.stats.kendalltau``), in memory-bounded chunks."""
+    n = a.shape[-1]
+    out = np.empty(a.shape[0])
+    step = max(1, max_elements // max(n * n, 1))
+    for start in range(0, a.shape[0], step):
+        sa = np.sign(a[start : start + step, :, None] - a[start : start + step, None, :]).astype(np.int8)
+        sb = np.sign(b[start : start + step, :, None] - b[start : start + step, None, :]).astype(np.int8)
+        concordance = (sa * sb).sum(axis=(1, 2), dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start : start + step] = concordance / np.sqrt(
+                np.count_nonzero(sa, axis=(1, 2)).astype(float) * np.count_nonzero(sb, axis=(1, 2))
+            )
+    return out
+
+
 def correlation(
     x: Sequence[float] | np.ndarray | Tensor,
     y: Sequence[float] | np.ndarray | Tensor,
@@ -518,9 +534,7 @@ def correlation(
         bx, by = xs[idx], ys[idx]
         spearman = _rowwise_pearson(stats.rankdata(bx, axis=1), stats.rankdata(by, axis=1))
         pearson = _rowwise_pearson(lx[idx], ly[idx])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            kendall = np.array([stats.kendalltau(a, b).statistic for a, b in zip(bx, by)])
+        kendall = _rowwise_kendall(bx, by)
         for key, draws in (("spearman", spearman), ("kendall", kendall), ("pearson", pearson)):
             draws = draws[np.isfinite(draws)]
             if result[key] is not None and draws.size:

@@ -106,6 +106,8 @@ class Defense:
     name: ClassVar[str] = ""
     #: registered attacks that know this family's mechanism (see :func:`adaptive_attacks_for`).
     adaptive_attacks: ClassVar[tuple[str, ...]] = ()
+    #: the field that sets how strongly the defense perturbs (a report's strength axis), ``None`` when none does.
+    strength: ClassVar[str | None] = None
 
     def __post_init__(self) -> None:
         check_fields(self, f"defense {defense_name(self)!r}")

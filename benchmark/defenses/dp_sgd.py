@@ -84,6 +84,7 @@ class DPSGD(Defense):
     """
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_clipped",)  # clips the candidate's gradient with `clip`
+    strength: ClassVar[str | None] = "sigma"
 
     clip: PositiveFloat = 1.0
     sigma: NoiseScale = 1.0

@@ -58,6 +58,7 @@ class EigenNoise(Defense):
     # No adaptive attack: the noise lies along eigenvectors of the victim's private KᵀK, which an attacker could
     # only approximate at its own candidate (a Lanczos solve per step); the plain attacks are the suite here.
     adaptive_attacks: ClassVar[tuple[str, ...]] = ()
+    strength: ClassVar[str | None] = "scale"
 
     scale: NoiseScale = 0.01
     ranks: str | int = "top"

@@ -52,6 +52,7 @@ class GaussianNoise(Defense):
     """
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_l2",)  # the Gaussian MLE distance
+    strength: ClassVar[str | None] = "sigma"
 
     sigma: NoiseScale = 0.01
 
@@ -72,6 +73,7 @@ class LaplaceNoise(Defense):
     """
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_l1",)  # the Laplace MLE distance
+    strength: ClassVar[str | None] = "scale"
 
     scale: NoiseScale = 0.01
 

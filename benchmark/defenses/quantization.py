@@ -41,6 +41,7 @@ class Quantization(Defense):
     """
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_sign", "ig_quantized")  # one applies, by mode
+    strength: ClassVar[str | None] = "bits"  # fewer bits perturb more
 
     bits: int = 8
     rounding: Literal["nearest", "stochastic"] = "nearest"

@@ -101,6 +101,7 @@ class Soteria(Defense):
     """
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_masked",)  # masks the pruned columns of the last Linear
+    strength: ClassVar[str | None] = "ratio"
 
     ratio: float = 0.8
     chunk: int = 64

@@ -44,6 +44,7 @@ class GradientPruning(Defense):
     """
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_masked",)  # matches the transmitted coordinates only
+    strength: ClassVar[str | None] = "ratio"
 
     ratio: float = 0.9
 
@@ -76,6 +77,7 @@ class TopK(Defense):
     """
 
     adaptive_attacks: ClassVar[tuple[str, ...]] = ("ig_masked",)  # matches the transmitted coordinates only
+    strength: ClassVar[str | None] = "ratio"
 
     ratio: float = 0.1
 

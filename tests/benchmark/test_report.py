@@ -75,7 +75,11 @@ def synthetic_sweep(folder, template, n_random: int = 200) -> dict:
 
 
 def row(table, arch, predictor, target):
-    (r,) = [r for r in table if (r["architecture"], r["predictor"], r["target"]) == (arch, predictor, target)]
+    group = "all" if arch == "all" else f"architecture={arch}"
+    scope = "pooled" if arch == "all" else "group"
+    (r,) = [
+        r for r in table if (r["scope"], r["group"], r["predictor"], r["target"]) == (scope, group, predictor, target)
+    ]
     return r
 
 
@@ -116,14 +120,18 @@ def test_report_files(tmp_path, template):
     rep = write_report(tmp_path, bootstrap=50)
     out = tmp_path / "report"
     md = (out / "report.md").read_text()
-    assert "| convnet5 | gaussian | lower_bound | l2_error | 30 | 3 | +1.000 [+1.00, +1.00] | +1.000" in md
-    assert "233 victims in 4 trials; 3 failed." in md and "attack: synthetic failure" in md
+    assert "| architecture=convnet5 | lower_bound | l2_error | 30 | 3 | +1.000 [+1.00, +1.00] | +1.000" in md
+    assert "233 victims in 4 trials (3 failed)" in md and "attack: synthetic failure" in md
+    assert "| architecture=convnet5 | lower_bound | psnr |" not in md  # PSNR mirrors the error: CSV only
 
     with (out / "correlations.csv").open() as fh:
         parsed = list(csv.DictReader(fh))
     assert len(parsed) == len(rep["table"])
     (r,) = [
-        r for r in parsed if (r["architecture"], r["predictor"], r["target"]) == ("convnet5", "lower_bound", "psnr")
+        r
+        for r in parsed
+        if (r["scope"], r["group"], r["predictor"], r["target"])
+        == ("group", "architecture=convnet5", "lower_bound", "psnr")
     ]
     assert (int(r["n"]), int(r["failed"]), int(r["dropped"])) == (30, 3, 0)
     assert float(r["spearman"]) == pytest.approx(-1) and float(r["pearson_log"]) == pytest.approx(-1)
@@ -131,13 +139,13 @@ def test_report_files(tmp_path, template):
 
     tex = (out / "correlations.tex").read_text()
     assert tex.startswith(r"\begin{tabular}") and tex.rstrip().endswith(r"\end{tabular}")
-    assert r"convnet5 & gaussian & lower\_bound & l2\_error & 30 & 3 & 1.000 & 1.000 & 1.000 \\" in tex
+    assert r"architecture=convnet5 & lower\_bound & l2\_error & 30 & 3 & 1.000 & 1.000 & 1.000 \\" in tex
 
-    for stem in ("i2f_vs_error", "metric_vs_strength", "risk_ranking"):
+    for stem in ("i2f_vs_error", "metric_vs_strength", "risk_ranking", "groups"):
         png, pdf = (out / f"{stem}.png").read_bytes(), (out / f"{stem}.pdf").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 1000
         assert pdf.startswith(b"%PDF") and len(pdf) > 1000
-    assert set(rep["paths"]) == {"markdown", "csv", "latex", "scatter", "strength", "ranking"}
+    assert set(rep["paths"]) == {"markdown", "csv", "latex", "scatter", "strength", "ranking", "groups"}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
@@ -161,7 +169,7 @@ def test_estimate_only_sweep_reports_the_ranking(tmp_path, template):
         ("mlp_1x256", 0.2, 3, 1),
         ("convnet5", pytest.approx(2.0), 3, 0),
     ]
-    assert "| 1 | mlp_1x256 | 0.2 | 3 | 1 |" in (tmp_path / "report" / "report.md").read_text()
+    assert "| 1 | mlp_1x256 | 0.2 | – | 3 | 1 |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_ranking_plot_of_undefended_trials(tmp_path, template):
