@@ -35,6 +35,7 @@ def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
         "adaptive": ("Adaptive attacks vs plain attacks, per defense family", bench_adaptive.run),
         "attacks-more": ("Closed-form attacks and a malicious server", bench_attacks_more.run),
         "demo": ("Demo (experiment 1 on embedded data)", bench_demo.run),
+        "i2f-terms": ("I2F terms: their cost, and which one tracks a layer-wise cosine attack", _i2f_terms),
         "fedavg": ("FedAvg: I2F cost against the local steps τ, and the FedAvg attack", _fedavg),
         "exp7": ("Exp. 7: does I2F still track the attack beyond one FedSGD gradient at init?", _exp7),
     }
@@ -50,6 +51,12 @@ def _exp7() -> str:
     from dglbench import bench_threat_models
 
     return bench_threat_models.run()
+
+
+def _i2f_terms() -> str:
+    from dglbench import bench_i2f_terms
+
+    return bench_i2f_terms.run()
 
 
 def main(argv: list[str] | None = None) -> None:

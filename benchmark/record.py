@@ -241,8 +241,9 @@ class Timings:
     and its victim count are recorded: ``i2f_step`` seconds for ``i2f_victims`` victims, and per attack key
     ``attack_steps[key] = {"seconds": ..., "victims": ...}``. ``i2f`` and ``attack`` are those seconds divided by
     the victim count (an equal share; the own time when the count is 1). ``total`` is the wall time of the whole
-    step the victim ran in, shared by ``step_victims`` victims. Records written before these keys existed hold
-    only the shares and ``total``.
+    step the victim ran in, shared by ``step_victims`` victims. An estimate shared by a sweep's trials that differ
+    only in the defense (:class:`~dglbench.modules.I2FShare`) is timed once, in the trial that computed it
+    (``i2f_victims = 1``). Records written before these keys existed hold only the shares and ``total``.
     """
 
     defense: float = 0.0
