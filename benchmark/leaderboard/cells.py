@@ -28,12 +28,15 @@ __all__ = [
     "column_keys",
     "columns",
     "defense_text",
+    "floors_of",
     "fmt_stat",
     "number",
     "params_text",
     "row_cells",
     "shown_params",
     "sort_values",
+    "v2_cells",
+    "v2_columns",
 ]
 
 METRIC_LABELS = {name: REGISTRY[name].label for name in METRICS}  # labels from the metric registry
@@ -85,12 +88,13 @@ def shown_params(defense: DefenseInfo) -> str:
 
 
 def defense_text(defense: DefenseInfo) -> str:
-    """The defense's name, with its formal guarantee when it has one (``dp_sgd (ε=4.73, δ=1e-05)``)."""
+    """The defense's name (an entry point's own name), with its formal guarantee (``dp_sgd (ε=4.73, δ=1e-05)``)."""
+    name = defense.spec if defense.source == "entry_point" else defense.name
     p = defense.formal_privacy or {}
     if isinstance(p.get("epsilon"), (int, float)):
         delta = f", δ={p['delta']:g}" if isinstance(p.get("delta"), (int, float)) else ""
-        return f"{defense.name} (ε={p['epsilon']:.3g}{delta})"
-    return defense.name
+        return f"{name} (ε={p['epsilon']:.3g}{delta})"
+    return name
 
 
 def _arrow(metric: str) -> str:
@@ -154,3 +158,65 @@ def sort_values(track: Track, row: Row) -> list[str]:
              e.i2f.exact[eps].mean if e.i2f and eps in e.i2f.exact else None, e.utility.gradient_cosine.mean,
              sum(s.failures for s in e.privacy), 1 if row.pareto else 0]  # fmt: skip
     return ["" if v is None else repr(v) for v in vals]
+
+
+# ------------------------------------------------------------------------------------------------ protocol 2
+def floors_of(rows: list[Row]) -> dict[str, float | None]:
+    """The blind-guess floors of a protocol-2 board (the same victims for every entry: the first entry's)."""
+    for r in rows:
+        if r.entry.worst_case is not None:
+            return dict(r.entry.worst_case.floors)
+    return {}
+
+
+def _v2_columns(track: Track, floors: dict[str, float | None]) -> list[tuple[str, str, str, bool]]:
+    """(title, data-key, data-type, secondary) per column of a protocol-2 table."""
+    cols = [("Rank", "rank", "num", False), ("Defense", "defense", "text", False),
+            ("Parameters", "params", "text", False), ("Leakage ↓", "leakage", "num", False)]  # fmt: skip
+    for m in track.ranking.leakage:
+        floor = floors.get(m)
+        suffix = f" (floor {number(floor)})" if floor is not None else ""
+        cols.append((f"Worst {METRIC_LABELS[m]}{suffix}", f"worst-{m}", "num", False))
+    cols += [("Test acc. (%)", "accuracy", "num", False), ("Acc. drop (pts)", "drop", "num", False),
+             ("Failed victims", "failures", "num", False), ("Frontier", "frontier", "num", False)]  # fmt: skip
+    for a in track.attacks:
+        label = ATTACK_LABELS.get(a.name, a.name)
+        cols.append((f"{label} {METRIC_LABELS[track.ranking.metric]}", f"attack-{a.name}", "num", True))
+    cols += [("Adaptive attacks", "adaptive", "text", True), ("I2F lower bound", "i2f-lower-bound", "num", True),
+             ("Grad. cosine", "cosine", "num", True), ("Reference", "reference", "text", True)]  # fmt: skip
+    return cols
+
+
+def v2_columns(track: Track, floors: dict[str, float | None] | None = None) -> list[tuple[str, str, str, bool]]:
+    """Protocol 2: ``(title, data-key, data-type, secondary)`` per column; secondary columns collapse on the page."""
+    return _v2_columns(track, floors or {})
+
+
+def v2_cells(track: Track, row: Row) -> list[tuple[str, object]]:
+    """Protocol 2: ``(text, sort value)`` per column of :func:`v2_columns`."""
+    e, w = row.entry, row.entry.worst_case
+    leak = fmt_stat(row.value, row.low, row.high, 3) if row.value is not None else "–"
+    cells: list[tuple[str, object]] = [
+        (row.rank_text, row.rank), (defense_text(e.defense), None), (shown_params(e.defense), None),
+        (f"**{leak}**" if row.rank is not None else leak, row.value),
+    ]  # fmt: skip
+    for m in track.ranking.leakage:
+        st = w.metrics.get(m) if w else None
+        cells.append((fmt_stat(st.mean, st.ci95_low, st.ci95_high, 3 if m == "ssim" else 2) if st else "–",
+                      st.mean if st else None))  # fmt: skip
+    failures = w.failures if w else None
+    cells += [(number(row.accuracy, 1), row.accuracy), (number(row.drop, 1), row.drop),
+              (f"{failures}/{w.victims}" if w else "–", failures),
+              ("★" if row.pareto else "", 1 if row.pareto else 0)]  # fmt: skip
+    m = track.ranking.metric
+    for a in track.attacks:
+        s = e.summary(a.name)
+        st = s.metrics.get(m) if s else None
+        cells.append((fmt_stat(st.mean, st.ci95_low, st.ci95_high) if st else "–", st.mean if st else None))
+    listed = {a.name for a in track.attacks}
+    adaptive = [f"{s.attack} ({s.failures} failed)" for s in e.privacy if s.attack not in listed]
+    cells.append((", ".join(adaptive) or "–", None))
+    cells.append((number(e.i2f.lower_bound.mean, 3) if e.i2f else "–", e.i2f.lower_bound.mean if e.i2f else None))
+    cells.append((number(e.utility.gradient_cosine.mean, 3), e.utility.gradient_cosine.mean))
+    cells.append((e.defense.reference or "–", None))
+    return cells

@@ -1,18 +1,26 @@
 """Citations: BibTeX of dglbench, the I2F paper, the attacks, defenses and protocols; ``CITATION.cff``.
 
 Tracks list the keys they rest on (``references``); ``render`` writes every entry of
-:data:`BIBTEX` to ``leaderboards/references.bib`` and the project's own ``CITATION.cff``.
+:data:`BIBTEX`, one ``@misc`` per track (:func:`track_bibtex`) and one per submitted reference
+(:func:`entry_bibtex`) to ``leaderboards/references.bib``, and the project's own ``CITATION.cff`` when asked.
+Every field value is in braces (``version = {0.1.0}``), so BibTeX parsers read it.
 
 Example:
     >>> "zhang2023i2f" in BIBTEX and bibtex(["zhu2019dlg"]).startswith("@inproceedings{zhu2019dlg,")
+    True
+    >>> "version = {0.1.0}" in bibtex(["dglbench"], version="0.1.0", year="2026")
     True
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["BIBTEX", "bibtex", "citation_cff"]
+__all__ = ["BIBTEX", "REPOSITORY_URL", "bibtex", "citation_cff", "entry_bibtex", "track_bibtex"]
+
+#: Where the source lives (CITATION.cff's ``repository-code`` and the BibTeX ``url``).
+REPOSITORY_URL = "https://github.com/dglbench/dglbench"
 
 TITLE = "dglbench: a benchmark of Deep Gradient Leakage attacks, defenses and the Inversion Influence Function"
 
@@ -20,9 +28,10 @@ BIBTEX: dict[str, str] = {
     "dglbench": """@software{dglbench,
   title = {dglbench: a benchmark of Deep Gradient Leakage attacks, defenses and the Inversion Influence Function},
   author = {{dglbench contributors}},
-  version = {{version}},
-  year = {{year}},
-  note = {Leaderboard schema v1, tracks v1}
+  version = {@VERSION@},
+  year = {@YEAR@},
+  url = {@URL@},
+  note = {Leaderboard schema v2; tracks v2 (v1 superseded)}
 }""",
     "zhang2023i2f": """@inproceedings{zhang2023i2f,
   title = {Understanding Deep Gradient Leakage via Inversion Influence Functions},
@@ -76,10 +85,56 @@ BIBTEX: dict[str, str] = {
 }
 
 
-def bibtex(keys: Iterable[str] | None = None, *, version: str = "", year: str = "") -> str:
-    """The BibTeX entries for ``keys`` (all when ``None``), in :data:`BIBTEX` order, separated by blank lines."""
+def _braced(text: str) -> str:
+    """``text`` safe inside one pair of BibTeX braces (unbalanced braces dropped)."""
+    return text.replace("{", "(").replace("}", ")")
+
+
+def track_bibtex(track: Any, version: str | None = None) -> str:
+    """A ``@misc`` entry citing one track (``track.ref``) of the dglbench leaderboards."""
+    if version is None:
+        from dglbench import __version__ as version
+    return "\n".join([
+        f"@misc{{dglbench-{track.id}-v{track.version},",
+        f"  title = {{{{dglbench leaderboard track {_braced(track.ref)}}}: {_braced(track.title)}}},",
+        "  author = {{dglbench contributors}},",
+        f"  howpublished = {{dglbench {_braced(version)}, leaderboards/v{track.version}/tracks/{track.id}.yaml}},",
+        f"  url = {{{REPOSITORY_URL}}},",
+        f"  note = {{Cite an entry as {_braced(track.ref)}/<defense>-<hash> with the dglbench version}}",
+        "}",
+    ])  # fmt: skip
+
+
+def entry_bibtex(entry: Any) -> str | None:
+    """A ``@misc`` entry for the reference a submitter gave (``--reference``), or ``None`` when none was given."""
+    ref = entry.defense.reference
+    if not ref:
+        return None
+    key = "dglbench-entry-" + entry.entry_id.replace("@", "-v").replace("/", "-")
+    return "\n".join([
+        f"@misc{{{key},",
+        f"  title = {{{_braced(entry.defense.description or entry.defense.name)}}},",
+        f"  howpublished = {{{_braced(ref)}}},",
+        f"  note = {{dglbench leaderboard entry {_braced(entry.entry_id)}}}",
+        "}",
+    ])  # fmt: skip
+
+
+def bibtex(
+    keys: Iterable[str] | None = None, *, version: str = "", year: str = "", tracks: Iterable[Any] = (),
+    entries: Iterable[Any] = (),
+) -> str:  # fmt: skip
+    """BibTeX for ``keys`` (all when ``None``) in :data:`BIBTEX` order, then ``tracks`` and entries' references."""
     wanted = list(BIBTEX) if keys is None else [k for k in BIBTEX if k in set(keys)]
-    text = [BIBTEX[k].replace("{{version}}", version).replace("{{year}}", year) for k in wanted]
+    text = [
+        BIBTEX[k]
+        .replace("@VERSION@", _braced(version))
+        .replace("@YEAR@", _braced(year))
+        .replace("@URL@", REPOSITORY_URL)
+        for k in wanted
+    ]
+    text += [track_bibtex(t, version) for t in tracks]
+    text += sorted({b for e in entries if (b := entry_bibtex(e))})
     return "\n\n".join(text) + "\n"
 
 
@@ -87,8 +142,11 @@ def _yaml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def citation_cff(version: str, date: str) -> str:
-    """``CITATION.cff`` (Citation File Format 1.2.0) of dglbench, with the I2F paper as a reference."""
+def citation_cff(version: str, date: str | None) -> str:
+    """``CITATION.cff`` (Citation File Format 1.2.0) of dglbench, with the I2F paper as a reference.
+
+    ``date`` (the newest entry's day) is left out when ``None``.
+    """
     return "\n".join([
         "# This file is generated by `dglbench leaderboard render`; edit benchmark/leaderboard/cite.py instead.",
         "cff-version: 1.2.0",
@@ -98,7 +156,9 @@ def citation_cff(version: str, date: str) -> str:
         "authors:",
         "  - name: dglbench contributors",
         f"version: {_yaml_str(version)}",
-        f"date-released: {_yaml_str(date)}",
+        *([f"date-released: {_yaml_str(date)}"] if date else []),
+        f"repository-code: {_yaml_str(REPOSITORY_URL)}",
+        f"url: {_yaml_str(REPOSITORY_URL)}",
         "license: MIT",
         "keywords: [federated learning, gradient inversion, deep gradient leakage, privacy, benchmark, leaderboard]",
         "references:",

@@ -27,10 +27,13 @@ from dglbench.leaderboard.cells import (
     METRIC_LABELS,
     column_keys,
     columns,
+    floors_of,
     params_text,
     row_cells,
     shown_params,
     sort_values,
+    v2_cells,
+    v2_columns,
 )
 from dglbench.leaderboard.ranking import Board, Row
 from dglbench.leaderboard.track import METRICS, Track
@@ -38,6 +41,7 @@ from dglbench.leaderboard.track import METRICS, Track
 __all__ = ["fill", "html_page", "privacy_utility_svg"]
 
 _PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
+SECONDARY = ' class="secondary"'
 
 
 @cache
@@ -98,7 +102,10 @@ def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
         )
         ax.set_xlabel("FedSGD test accuracy (%)  →  more useful")
         more = "more leakage" if METRICS[metric] else "less leakage"
-        ax.set_ylabel(f"{METRIC_LABELS[metric]} of the {attack}  ↑  {more}")
+        if track.protocol == 2:
+            ax.set_ylabel("mean worst-case leakage (0 blind guess, 1 perfect)  ↑  more leakage")
+        else:
+            ax.set_ylabel(f"{METRIC_LABELS[metric]} of the {attack}  ↑  {more}")
         ax.set_title(f"{track.ref}: privacy vs utility", fontsize=10)
         ax.grid(alpha=0.3)
         if pts or rows:
@@ -110,7 +117,39 @@ def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
     return svg[svg.index("<svg") :].strip()
 
 
+def _table_v2(track: Track, rows: Sequence[Row]) -> str:
+    """Protocol 2: the main columns, and secondary ones that a checkbox above the table shows (no script)."""
+    cols = v2_columns(track, floors_of(list(rows)))
+    head = "".join(
+        f'<th data-key="{k}" data-type="{t}" scope="col"{SECONDARY if sec else ""}>{html.escape(c)}</th>'
+        for c, k, t, sec in cols
+    )
+    body = []
+    for row in rows:
+        cls = ("ranked" if row.rank is not None else "unranked") + (" frontier" if row.pareto else "")
+        cells = []
+        for (_, _, kind, sec), (cell, value) in zip(cols, v2_cells(track, row)):
+            text = html.escape(cell.replace("**", ""))
+            if cell.startswith("**"):
+                text = f"<strong>{text}</strong>"
+            attr = f' data-value="{"" if value is None else html.escape(repr(value))}"' if kind == "num" else ""
+            cells.append(f"<td{attr}{SECONDARY if sec else ''}>{text}</td>")
+        title = html.escape(row.note or row.entry.entry_id)
+        body.append(
+            f'<tr class="{cls}" data-entry="{html.escape(row.entry.entry_id)}" title="{title}">{"".join(cells)}</tr>'
+        )
+    box = f"more-{track.id}-v{track.version}"
+    return (
+        f'<input type="checkbox" class="more" id="{box}"><label for="{box}"> show secondary columns (per attack, '
+        "adaptive attacks, I2F, gradient cosine, reference)</label>\n"
+        f'<div class="scroll"><table class="leaderboard" data-track="{html.escape(track.ref)}">\n'
+        f"<thead><tr>{head}</tr></thead>\n<tbody>\n{chr(10).join(body)}\n</tbody>\n</table></div>"
+    )
+
+
 def _table(track: Track, rows: Sequence[Row]) -> str:
+    if track.protocol == 2:
+        return _table_v2(track, rows)
     keys = column_keys(track)
     head = "".join(
         f'<th data-key="{k}" data-type="{t}" scope="col">{html.escape(c)}</th>'
@@ -148,6 +187,8 @@ def _results(track: Track, rows: Sequence[Row]) -> str:
 
 def _section(board: Board) -> str:
     t = board.track
+    if t.protocol == 2:
+        return _section_v2(board)
     attack = "the strongest attack of the suite" if t.ranking.attack == "strongest" else t.ranking.attack
     rule = (
         f"Rank: mean {METRIC_LABELS[t.ranking.metric]} of {attack} "
@@ -159,11 +200,37 @@ def _section(board: Board) -> str:
     return fill(
         _template("section.html"), anchor=html.escape(f"{t.id}-v{t.version}"), title=html.escape(t.title),
         ref=html.escape(t.ref), description=html.escape(t.description), rule=html.escape(rule),
-        suite=html.escape(suite), results=_results(t, board.rows),
+        suite=html.escape(suite), results=_results(t, board.rows), extra="",
+    ).rstrip("\n")  # fmt: skip
+
+
+def _section_v2(board: Board) -> str:
+    from dglbench.leaderboard.cite import track_bibtex
+    from dglbench.leaderboard.render import rule_v2
+
+    t = board.track
+    suite = ", ".join(f"{a.name} ({params_text(a.params)})" for a in t.attacks)
+    suite += "; plus the adaptive attacks each defense declares"
+    extra = (
+        f"<details><summary>BibTeX of this track (cite with the entry id and the dglbench version)</summary>"
+        f"<pre>{html.escape(track_bibtex(t))}</pre></details>"
+    )
+    return fill(
+        _template("section.html"), anchor=html.escape(f"{t.id}-v{t.version}"), title=html.escape(t.title),
+        ref=html.escape(t.ref), description=html.escape(t.description), rule=html.escape(rule_v2(board)),
+        suite=html.escape(suite), results=_results(t, board.rows), extra=extra,
     ).rstrip("\n")  # fmt: skip
 
 
 def html_page(all_boards: Sequence[Board]) -> str:
-    """The whole page."""
-    page = fill(_template("page.html"), sections="\n".join(_section(b) for b in all_boards))
+    """The whole page: protocol-2 tracks first, then the superseded v1 tracks under their own heading."""
+    from dglbench.leaderboard.render import SUPERSEDED
+
+    current = [b for b in all_boards if b.track.protocol == 2]
+    old = [b for b in all_boards if b.track.protocol != 2]
+    parts = [_section(b) for b in current]
+    if old:
+        parts.append(f'<h2 id="v1">Version 1 (superseded)</h2>\n<p class="rule">{html.escape(SUPERSEDED)}</p>')
+        parts += [_section(b) for b in old]
+    page = fill(_template("page.html"), sections="\n".join(parts))
     return re.sub(r"[ \t]+\n", "\n", page)

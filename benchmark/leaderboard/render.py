@@ -6,7 +6,8 @@ Outputs (all written atomically; rendering twice gives identical files):
   and ``...:end -->`` markers (text outside the markers is kept);
 * ``leaderboards/v<N>/tables/<track>.csv`` (every number, one row per entry) and ``<track>.tex`` (booktabs);
 * ``leaderboards/references.bib`` — dglbench, the I2F paper, the attacks and defenses;
-* ``CITATION.cff`` at the repository root;
+* ``CITATION.cff`` into ``repo_root`` only when one is given (``--repo-root``): render writes nothing outside
+  the leaderboard root otherwise; dates come from the entries, never from the clock;
 * ``leaderboards/index.html`` — self-contained page with sortable tables and the privacy–utility plots;
 * ``leaderboards/v<N>/schema/*.schema.json`` — the JSON Schemas of the entry files.
 
@@ -23,7 +24,6 @@ import csv
 import io
 import json
 import re
-from datetime import date
 from pathlib import Path
 
 from dglbench.io import atomic_write_text, replace_between_markers
@@ -34,23 +34,101 @@ from dglbench.leaderboard.schema import SCHEMA_VERSION, write_schemas
 from dglbench.leaderboard.store import entry_files, load_entry
 from dglbench.leaderboard.track import METRICS, Track, default_root, list_tracks, load_track
 
-__all__ = ["Board", "boards", "csv_table", "fmt_stat", "latex_table", "markdown_table", "render_all"]
+__all__ = [
+    "SUPERSEDED",
+    "Board",
+    "boards",
+    "csv_table",
+    "fmt_stat",
+    "how_to_cite",
+    "latex_table",
+    "markdown_table",
+    "render_all",
+    "rule_v2",
+]
+
+#: Why the version-1 tracks are superseded (shown above them on every page).
+SUPERSEDED = (
+    "Superseded by version 2: v1 measured privacy on victims holding 1 image and utility on FedSGD clients "
+    "holding 32, so noise calibrated to the batch size (dp_sgd) was charged 32 times less in utility than in "
+    "privacy and ranked first for it; it ranked by the attack strongest on average over 8 victims of 8x8 digits, "
+    "by PSNR alone. Its entries stay readable, validated and citable as published; their numbers are not "
+    "comparable with version 2 (see leaderboards/README.md, 'From v1 to v2')."
+)
+
+
+def rule_v2(board: Board) -> str:
+    """The ranking rule of a protocol-2 track in words, with its blind-guess floors and tie-break."""
+    from dglbench.leaderboard.cells import floors_of
+
+    t = board.track
+    floors = floors_of(board.rows)
+    shown = ", ".join(f"{METRIC_LABELS[m]} {floors[m]:.3g}" for m in t.ranking.leakage if floors.get(m) is not None)
+    return (
+        "Rule: entries within "
+        f"{t.ranking.max_accuracy_drop:g} points of the undefended FedSGD accuracy are ranked by their mean "
+        "leakage (lower first), where a victim's leakage is the worst case over every attack of the suite that "
+        "succeeded on it (the track's published attacks and the defense's adaptive attacks; an attack whose loss "
+        "or metrics are not finite has failed there) of the larger of "
+        + " and ".join(METRIC_LABELS[m] for m in t.ranking.leakage)
+        + " each as the fraction of the way from a blind guess (the data set's mean image; "
+        f"{'floors: ' + shown if shown else 'floors in the records'}) to a perfect reconstruction, at least 0. "
+        f"Interval: 95 % percentile bootstrap over victims ({t.ranking.bootstrap} resamples, seed "
+        f'{t.ranking.bootstrap_seed}); entries whose intervals overlap share a rank ("2-4"). Listed by mean '
+        f"leakage, then mean worst-case {METRIC_LABELS[t.ranking.tie_break]} (lower first), then entry id. Entries "
+        "beyond the accuracy bar are listed unranked. Acc. drop = undefended minus defended accuracy, in points "
+        "(positive: accuracy lost). ★: privacy-utility frontier. Parameters: the strength and every value that "
+        "differs from the defense's default (the CSV lists all)."
+    )
+
+
+def how_to_cite(board: Board) -> str:
+    """The "How to cite" paragraph of a track (Markdown)."""
+    from dglbench import __version__
+
+    t = board.track
+    example = board.rows[0].entry.entry_id if board.rows else f"{t.ref}/<defense>-<hash>"
+    return (
+        f"How to cite: name the track `{t.ref}`, the entry id (e.g. `{example}`) and the dglbench version "
+        f"(`{__version__}`; each entry records the version it was measured with), and cite dglbench and the "
+        f"track's references from `references.bib` (key `dglbench-{t.id}-v{t.version}`)."
+    )
 
 
 def boards(root: str | Path | None = None) -> list[Board]:
-    """Every stored track with its entries ranked (tracks without entries included)."""
+    """Every stored track with its entries ranked: protocol-2 tracks first, then with entries before without."""
     root = Path(root or default_root())
     entries = [load_entry(p) for p in entry_files(root)]
     out = []
     for ref in list_tracks(root):
         track = load_track(ref, root)
         out.append(Board(track, rank_entries(track, entries)))
-    return sorted(out, key=lambda b: (not b.rows, b.track.ref))  # tracks with entries first
+    return sorted(out, key=lambda b: (b.track.protocol != 2, not b.rows, b.track.ref))
+
+
+def _markdown_v2(board: Board) -> str:
+    from dglbench.leaderboard.cells import floors_of, v2_cells, v2_columns
+
+    t = board.track
+    cols = [c for c in v2_columns(t, floors_of(board.rows)) if not c[3]]  # main columns; the CSV has the rest
+    lines = [f"### {t.title} — `{t.ref}`", "", rule_v2(board), "", how_to_cite(board), ""]
+    if not board.rows:
+        return "\n".join([*lines, "No entries yet: run `leaderboards/v2/baselines.sh` or submit one."]) + "\n"
+    lines += ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in board.rows:
+        cells = [text for (text, _), c in zip(v2_cells(t, row), v2_columns(t)) if not c[3]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    refs = sorted({(r.entry.defense.name, r.entry.defense.reference) for r in board.rows if r.entry.defense.reference})
+    if refs:
+        lines += ["", "References given by submitters: " + "; ".join(f"{n}: <{u}>" for n, u in refs) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(board: Board) -> str:
     """The Markdown leaderboard of one track, with its ranking rule."""
     t = board.track
+    if t.protocol == 2:
+        return _markdown_v2(board)
     head = columns(t)
     lines = [
         f"### {t.title} — `{t.ref}`",
@@ -60,7 +138,8 @@ def markdown_table(board: Board) -> str:
         f"({'lower' if METRICS[t.ranking.metric] else 'higher'} = more private), among entries whose FedSGD test "
         f"accuracy is within {t.ranking.max_accuracy_drop:g} points of the undefended accuracy; the others are "
         "listed unranked. Bold: the attack the rank comes from; [95 % t-interval]; ★: privacy–utility frontier; "
-        "parameters at their defaults are not shown (the CSV has all).",
+        "Δ acc. = undefended minus defended accuracy, in points; parameters: the strength and every value that "
+        "differs from the defense's default (the CSV has all).",
         "",
     ]
     if not board.rows:
@@ -83,6 +162,11 @@ def csv_table(board: Board) -> str:
             head += [f"{a.name}.{m}.{k}" for k in ("mean", "median", "ci95_low", "ci95_high", "n")]
     head += ["i2f.lower_bound.mean", *[f"i2f.exact[{k}].mean" for k in eps_keys], "gradient_cosine.mean",
              "dglbench", "git_commit", "date"]  # fmt: skip
+    v2 = t.protocol == 2
+    if v2:
+        head += ["rank_range", "reference", "code_hash", "worst.victims", "worst.failures", "leakage.mean",
+                 "leakage.bootstrap_low", "leakage.bootstrap_high"]  # fmt: skip
+        head += [f"worst.{m}.{k}" for m in t.metrics for k in ("mean", "ci95_low", "ci95_high", "floor")]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(head)
@@ -102,6 +186,14 @@ def csv_table(board: Board) -> str:
         out += [i2f.lower_bound.mean if i2f else None]
         out += [i2f.exact[k].mean if i2f and k in i2f.exact else None for k in eps_keys]
         out += [e.utility.gradient_cosine.mean, e.provenance.dglbench, e.provenance.git_commit, e.provenance.date]
+        if v2:
+            w = e.worst_case
+            out += [row.rank_text, e.defense.reference, e.defense.code_hash, w.victims if w else None,
+                    w.failures if w else None, w.leakage.mean if w else None, row.low, row.high]  # fmt: skip
+            for m in t.metrics:
+                st = w.metrics.get(m) if w else None
+                out += [st.mean if st else None, st.ci95_low if st else None, st.ci95_high if st else None,
+                        w.floors.get(m) if w else None]  # fmt: skip
         writer.writerow(["" if v is None else v for v in out])
     return buf.getvalue()
 
@@ -158,12 +250,12 @@ def _marker(track: Track) -> str:
 
 
 def render_all(root: str | Path | None = None, repo_root: str | Path | None = None) -> list[Path]:
-    """Write every generated file; returns their paths."""
+    """Write every generated file inside ``root`` (and ``CITATION.cff`` into ``repo_root`` when given)."""
     from dglbench import __version__
     from dglbench.leaderboard.cite import bibtex, citation_cff
 
     root = Path(root or default_root())
-    repo_root = Path(repo_root) if repo_root else root.parent
+    repo_root = Path(repo_root) if repo_root else None
     all_boards = boards(root)
     written: list[Path] = []
     readme = root / "README.md"
@@ -175,9 +267,17 @@ def render_all(root: str | Path | None = None, repo_root: str | Path | None = No
         written.append(atomic_write_text(folder / f"{board.track.id}.tex", latex_table(board)))
     written.append(atomic_write_text(readme, text))
     dates = [r.entry.provenance.date[:10] for b in all_boards for r in b.rows]
-    released = max(dates) if dates else date.today().isoformat()
-    written.append(atomic_write_text(root / "references.bib", bibtex(version=__version__, year=released[:4])))
-    written.append(atomic_write_text(repo_root / "CITATION.cff", citation_cff(__version__, released)))
+    released = max(dates) if dates else None  # from the entries, never the clock: rendering is deterministic
+    tracks = [b.track for b in all_boards]
+    bib = bibtex(
+        version=__version__,
+        year=(released or "")[:4],
+        tracks=tracks,
+        entries=[r.entry for b in all_boards for r in b.rows],
+    )
+    written.append(atomic_write_text(root / "references.bib", bib))
+    if repo_root is not None:  # CITATION.cff lives outside the leaderboard root: written only when asked
+        written.append(atomic_write_text(repo_root / "CITATION.cff", citation_cff(__version__, released)))
     written.append(atomic_write_text(root / "index.html", html_page(all_boards)))
     written += write_schemas(root / f"v{SCHEMA_VERSION}" / "schema")  # v1/schema keeps schema v1 as published
     return written

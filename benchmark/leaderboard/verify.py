@@ -22,6 +22,8 @@ lpips_*                absolute ``lpips_abs``
 label_accuracy         absolute ``label_accuracy_abs``
 gradient_cosine        absolute ``gradient_cosine_abs``
 status                 equal
+succeeded attacks      equal (protocol 2: the failure pattern; a diverged attack has failed)
+worst.<metric>         protocol 2: the worst case over the attacks that succeeded, with the metric's tolerance
 FedSGD test accuracy   absolute ``test_accuracy_abs`` points (with ``--utility``)
 =====================  =========================================================
 
@@ -173,10 +175,26 @@ def _values(record: VictimRecord | dict[str, Any], track: Track) -> dict[str, An
             out[f"i2f.{key}"] = getattr(rec.estimate, key)
         for eps, value in rec.estimate.exact.items():
             out[f"i2f.exact[{eps}]"] = value
-    tracked = rec.attacks[0].key if rec.attacks else None
-    for m in track.metrics:
-        out[f"metrics.{m}"] = rec.metric(m, tracked) if tracked else None
+    if track.protocol == 2:
+        out.update(_worst_values(rec, track))
+    else:
+        tracked = rec.attacks[0].key if rec.attacks else None
+        for m in track.metrics:
+            out[f"metrics.{m}"] = rec.metric(m, tracked) if tracked else None
     out["utility.gradient_cosine"] = (rec.utility or {}).get("gradient_cosine")
+    return out
+
+
+def _worst_values(rec: VictimRecord, track: Track) -> dict[str, Any]:
+    """Protocol 2: which attacks succeeded (compared equal) and the worst case over them, per metric."""
+    from dglbench.leaderboard.protocol import succeeded
+    from dglbench.record import worst_case
+
+    ok = [o for o in rec.attacks if rec.ok and succeeded(o, track.ranking.leakage)]
+    out: dict[str, Any] = {"succeeded": ",".join(sorted(o.key for o in ok)) or "none"}
+    w = worst_case(ok) if ok else None
+    for m in track.metrics:
+        out[f"worst.{m}"] = w.metrics.get(m) if w else None
     return out
 
 
@@ -282,8 +300,11 @@ def verify_entry(
             checks.append(Check(trial_id, rec.victim_id, "status", old["status"], rec.status, "equal", same))
             new_values = _values(rec, track)
             for quantity, value in _values(old, track).items():
-                kind, tol = _tolerance(track, quantity.split("[")[0])
                 new = new_values.get(quantity)
+                if quantity == "succeeded":  # the failure pattern of the suite: the same attacks succeed
+                    checks.append(Check(trial_id, rec.victim_id, quantity, value, new, "equal", value == new))
+                    continue
+                kind, tol = _tolerance(track, quantity.split("[")[0])
                 ok = _close(value, new, kind, tol)
                 checks.append(Check(trial_id, rec.victim_id, quantity, value, new, f"{kind} {tol:g}", ok))
     if utility:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from dglbench.defenses import DEFENSES
-from dglbench.leaderboard.render import render_all
 from dglbench.leaderboard.migrate import migrate_entry
+from dglbench.leaderboard.render import render_all
 from dglbench.leaderboard.schema import Entry
 from dglbench.leaderboard.store import entry_files, load_entry, read_json, victims_path
 from dglbench.leaderboard.track import default_root, list_tracks
