@@ -38,7 +38,21 @@ def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
         "i2f-terms": ("I2F terms: their cost, and which one tracks a layer-wise cosine attack", _i2f_terms),
         "fedavg": ("FedAvg: I2F cost against the local steps τ, and the FedAvg attack", _fedavg),
         "exp7": ("Exp. 7: does I2F still track the attack beyond one FedSGD gradient at init?", _exp7),
+        "exp3-eigen": ("Exp. 3: eigen-directions, the attack error against the predicted c/√λ_i", _findings("exp3")),
+        "exp4-init": ("Exp. 4: the paper's initializations, ordered by I2F and by the attack", _findings("exp4")),
+        "calibration": ("Calibration: how far I2F sits below the attack error", _findings("calibration")),
     }
+
+
+def _findings(which: str) -> Callable[[], str]:
+    """A section of :mod:`dglbench.sweep.bench_findings` (``run_exp3``, ``run_exp4``, ``run_calibration``)."""
+
+    def run() -> str:
+        from dglbench.sweep import bench_findings
+
+        return getattr(bench_findings, f"run_{which}")()
+
+    return run
 
 
 def _fedavg() -> str:

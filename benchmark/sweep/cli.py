@@ -45,7 +45,7 @@ def _check_bootstrap(bootstrap: int) -> None:
         raise ConfigError(f"--bootstrap must be >= 0 (resamples for the 95% intervals; 0: none), got {bootstrap}")
 
 
-def _report(folder: str | Path, bootstrap: int, attack: str = "worst") -> dict[str, Any]:
+def _report(folder: str | Path, bootstrap: int, attack: str = "worst", headline: bool = False) -> dict[str, Any]:
     from dglbench.checks import validate_record_file
     from dglbench.layout import RunLayout
     from dglbench.sweep.report import write_report
@@ -54,10 +54,15 @@ def _report(folder: str | Path, bootstrap: int, attack: str = "worst") -> dict[s
     for path in RunLayout(folder).trial_records():  # a bad file is one line naming it, first
         validate_record_file(path)
     rep = write_report(folder, bootstrap=bootstrap, attack=attack)
-    print(rep["markdown"])
-    print()
+    if headline:  # the findings in words, then where the full report is
+        print("\n".join(f"- {line}" for line in rep["headline"]))
+        print(f"\nfull report: {rep['paths']['markdown']}")
+    else:
+        print(rep["markdown"])
+        print()
     for kind, path in rep["paths"].items():
-        print(f"{kind:9s} {path}")
+        if not headline or kind != "markdown":
+            print(f"{kind:9s} {path}")
     return rep
 
 
@@ -72,7 +77,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_sweep(DEMO_SPEC, args.out, devices=args.devices, progress=True)
     if not is_global_zero():
         return
-    _report(args.out, 1000)
+    _report(args.out, 1000, headline=True)
     print(
         f"\ndemo finished in {time.perf_counter() - start:.0f} s; plots and tables are in {Path(args.out) / 'report'}"
     )

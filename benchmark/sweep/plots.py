@@ -306,3 +306,91 @@ def plot_ranking(rows: list[Row], stem: Path, target: str = "l2_error") -> Path:
     fig.suptitle("Leakage by architecture", fontsize=11)
     fig.tight_layout()
     return _save(fig, stem)
+
+
+# ------------------------------------------------------------------------------------------- reconstructions
+def reconstruction_mosaic(
+    rows: list[Row], sweep_dir: str | Path, *, max_victims: int = 8, pad: int = 1, attack: str = "worst"
+) -> dict[str, Any] | None:
+    """The saved reconstructions as one image: per architecture, the originals, then one row per group and level.
+
+    Columns are the victims every trial shares (the first ``max_victims`` ids; each victim's first image).
+    Rows, per architecture: ``original``, then one row per (group, strength level) in sorted order. Cell
+    ``(r, c)`` starts at pixel ``(pad + r·(H + pad), pad + c·(W + pad))``; the background is white.
+
+    Returns:
+        ``{"mosaic" [H', W'] or [H', W', 3] in [0, 1], "labels" (one per row), "victims", "cell" (H, W)}``,
+        or None when the sweep saved no images.
+    """
+    from dglbench.errors import DglbenchError
+    from dglbench.layout import RunLayout, load_reconstructions
+
+    layout = RunLayout(sweep_dir)
+    ok = [r for r in rows if r.status == "ok"]
+    trials: dict[tuple[str, str, float | None], str] = {}
+    for r in ok:
+        trials.setdefault((r.model, r.group, r.strength), r.trial_id)
+    if not trials:
+        return None
+    ids_per_trial: dict[str, set[int]] = defaultdict(set)
+    for r in ok:
+        ids_per_trial[r.trial_id].add(r.victim_id)
+    shared = sorted(set.intersection(*ids_per_trial.values()))[:max_victims]
+    strength = next((display(r.strength_name) for r in rows if r.strength_name), "strength")
+
+    def load(trial_id: str, victim_id: int) -> dict[str, Any] | None:
+        try:
+            return load_reconstructions(layout.images(trial_id).directory, victim_id)
+        except DglbenchError:
+            return None
+
+    grid: list[tuple[str, list[np.ndarray | None]]] = []
+    for model in sorted({k[0] for k in trials}):
+        keys = sorted((k for k in trials if k[0] == model), key=lambda k: (_natural(k[1]), k[2] or 0.0))
+        first = [load(trials[keys[0]], v) for v in shared]
+        grid.append((f"{model}: original", [None if f is None else _cell(f["original"]) for f in first]))
+        for key in keys:
+            name = _short(key[1]).replace("\n", ", ")
+            level = "" if key[2] is None else f"{strength} = {key[2]:g}"
+            label = ", ".join(p for p in (name if name != "all" else "", level) if p) or "all"
+            saved = [load(trials[key], v) for v in shared]
+            grid.append((label, [None if s is None else _cell(s.get(attack, s.get("worst"))) for s in saved]))
+    cells = [c for _, row in grid for c in row if c is not None]
+    if not cells:
+        return None
+    h, w = cells[0].shape[:2]
+    channels = cells[0].shape[2:]
+    mosaic = np.ones((pad + len(grid) * (h + pad), pad + len(shared) * (w + pad), *channels))
+    for r, (_, row) in enumerate(grid):
+        for c, cell in enumerate(row):
+            if cell is not None:
+                y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+                mosaic[y0 : y0 + h, x0 : x0 + w] = cell
+    return {"mosaic": mosaic, "labels": [label for label, _ in grid], "victims": shared, "cell": (h, w), "pad": pad}
+
+
+def _cell(images: Any) -> np.ndarray | None:
+    """A victim's first image as [H, W] (grey) or [H, W, 3]."""
+    if images is None:
+        return None
+    x = np.asarray(images[0], dtype=float)  # [C, H, W]
+    return x[0] if x.shape[0] == 1 else np.moveaxis(x[:3], 0, -1)
+
+
+def plot_reconstructions(rows: list[Row], sweep_dir: str | Path, stem: Path, **kwargs: Any) -> Path | None:
+    """Originals on top, worst-case reconstructions per group and strength level below (see reconstruction_mosaic)."""
+    found = reconstruction_mosaic(rows, sweep_dir, **kwargs)
+    if found is None:
+        return None
+    mosaic, labels, (h, w), pad = found["mosaic"], found["labels"], found["cell"], found["pad"]
+    height = max(2.5, 0.28 * len(labels) * max(h, 8) / 8)
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.55 * len(found["victims"]) + 2.5), height))
+    ax.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([pad + r * (h + pad) + (h - 1) / 2 for r in range(len(labels))], labels, fontsize=7)
+    ax.set_xticks([pad + c * (w + pad) + (w - 1) / 2 for c in range(len(found["victims"]))],
+                  [str(v) for v in found["victims"]], fontsize=7)  # fmt: skip
+    ax.set_xlabel("victim")
+    ax.tick_params(length=0)
+    ax.set_title("Private images (top of each block) and the attack's reconstructions", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, stem)

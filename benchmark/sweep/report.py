@@ -393,6 +393,20 @@ def findings(rows: list[Row], table: list[dict[str, Any]], *, bootstrap: int = 1
                 text = text[:-1] + " (the same order)."
             if len(per_level) > 1:
                 text += f" Per {strength} level τ = {', '.join(per_level)}."
+            if "model" in keys and len(keys) > 1:  # the other keys' order within each architecture
+                within = []
+                for model, members in _architectures(rows).items():
+                    arch = {"predictor": p, "scope": f"architecture={model}", **_ranking(members, p, main)}
+                    out["rankings"].append(arch)
+                    if arch["kendall"] is not None:
+                        same = " (the same order)" if arch["agree"] else ""
+                        within.append(
+                            f"{model} τ = {arch['kendall']:+.2f}{same}, by I2F "
+                            f"{' < '.join(_short_label(g, model) for g in arch['by_i2f'])}, by the attack "
+                            f"{' < '.join(_short_label(g, model) for g in arch['by_attack'])}"
+                        )
+                if within:
+                    text += f" Within one architecture: {'; '.join(within)}."
             out["text"].append(text)
     # calibration: how far the lower bound sits below the error, per architecture
     if "lower_bound" in predictors_of(rows):
@@ -461,7 +475,8 @@ def _markdown(table: list[dict[str, Any]], rank: list[dict[str, Any]], found: di
         lines += ["", "## Groups ranked by I2F and by the attack (most leakage first)", "",
                   "| I2F term | scope | by I2F | by attack | Kendall τ |", "|---|---|---|---|---:|"]  # fmt: skip
         for r in found["rankings"]:
-            by_i2f, by_attack = (" < ".join(_short_label(g) for g in r[k]) for k in ("by_i2f", "by_attack"))
+            model = r["scope"].removeprefix("architecture=") if r["scope"].startswith("architecture=") else None
+            by_i2f, by_attack = (" < ".join(_short_label(g, model) for g in r[k]) for k in ("by_i2f", "by_attack"))
             lines.append(f"| {r['predictor']} | {r['scope']} | {by_i2f} | {by_attack} | {_num(r['kendall'])} |")
     if found["calibration"]:
         lines += ["", "## Calibration: attack error over the I2F lower bound, per architecture", "",
@@ -480,8 +495,10 @@ def _markdown(table: list[dict[str, Any]], rank: list[dict[str, Any]], found: di
     return "\n".join(lines)
 
 
-def _short_label(group: str) -> str:
-    """``architecture=convnet5`` → ``convnet5`` (one key); several keys keep their names."""
+def _short_label(group: str, model: str | None = None) -> str:
+    """``architecture=convnet5`` → ``convnet5`` (one key); with ``model``, that architecture's part is dropped."""
+    if model is not None:
+        group = ", ".join(p for p in group.split(", ") if p != f"architecture={model}") or group
     return group.split("=", 1)[1] if group.count("=") == 1 else group
 
 
@@ -568,5 +585,8 @@ def write_report(
         if has_attack:
             paths["strength"] = p.plot_strength(rows, layout.report_file("metric_vs_strength"))
         paths["ranking"] = p.plot_ranking(rows, layout.report_file("risk_ranking"))
+        recon = p.plot_reconstructions(rows, sweep_dir, layout.report_file("reconstructions"), attack=attack)
+        if recon is not None:  # the trials saved their images
+            paths["reconstructions"] = recon
     return {"paths": paths, "table": table, "ranking": rank, "markdown": md, "findings": found,
             "headline": found["text"]}  # fmt: skip

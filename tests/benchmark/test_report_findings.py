@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from dglbench.defenses import DEFENSES
 from dglbench.layout import RunLayout, write_trial_records
 from dglbench.metrics import _rowwise_kendall
@@ -158,3 +159,41 @@ def test_every_defense_declares_a_strength_among_its_fields():
     assert strength_of("gaussian", {"sigma": 0.1}) == 0.1
     assert strength_of("eigen_noise", {"ranks": 3, "scale": 0.01}) == 0.01  # ranks is a grouping key, not strength
     assert strength_of("pruning", {"ratio": 0.9}) == 0.9 and strength_of("none", {}) is None
+
+
+def test_the_reconstruction_figure_puts_the_recorded_images_in_their_places(tmp_path, template):
+    """Originals on top, then one row per (group, level); each cell the saved pixels of that trial and victim."""
+    from dglbench.layout import load_reconstructions, save_reconstructions
+    from dglbench.sweep.plots import reconstruction_mosaic
+
+    h = w = 4
+    trials = {}
+    for init in ("uniform", "normal"):
+        for sigma in (0.001, 0.01):
+            tid = write(tmp_path, template, gaussian(sigma, init=init), [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)])
+            trials[(init, sigma)] = tid
+            for v in range(3):
+                gen = np.random.default_rng(100 * len(trials) + v)
+                original = torch.as_tensor(np.full((1, 1, h, w), (v + 1) / 10), dtype=torch.float32)
+                recon = torch.as_tensor(gen.random((1, 1, h, w)), dtype=torch.float32)
+                save_reconstructions(RunLayout(tmp_path).images(tid).victim(v), original, {"ig": recon}, worst="ig")
+    rows = load_rows(tmp_path)
+    found = reconstruction_mosaic(rows, tmp_path, pad=1)
+    # rows, worked out by hand: the originals, then groups in natural order (normal, uniform), levels ascending
+    assert found["labels"] == [
+        "convnet5: original", "init=normal, sigma = 0.001", "init=normal, sigma = 0.01",
+        "init=uniform, sigma = 0.001", "init=uniform, sigma = 0.01",
+    ]  # fmt: skip
+    assert found["victims"] == [0, 1, 2] and found["mosaic"].shape == (1 + 5 * 5, 1 + 3 * 5)
+    order = [None, ("normal", 0.001), ("normal", 0.01), ("uniform", 0.001), ("uniform", 0.01)]
+    for r, key in enumerate(order):
+        for c in range(3):
+            y0, x0 = 1 + r * 5, 1 + c * 5
+            cell = found["mosaic"][y0 : y0 + h, x0 : x0 + w]
+            tid = trials[key or ("uniform", 0.001)]
+            saved = load_reconstructions(RunLayout(tmp_path).images(tid).directory, c)
+            expect = saved["original" if key is None else "worst"][0, 0].numpy()
+            np.testing.assert_array_equal(cell, expect)
+            assert np.all(found["mosaic"][y0 - 1, x0 - 1 : x0 + w] == 1.0)  # white padding above each cell
+    rep = write_report(tmp_path, bootstrap=0)
+    assert rep["paths"]["reconstructions"].read_bytes().startswith(b"\x89PNG")
