@@ -87,7 +87,7 @@ def run_exp3() -> str:
 
 def run_exp4() -> str:
     """Exp. 4: the I2F paper's initializations; does I2F order them as the attack does?"""
-    run = run_spec("exp4_init_cpu", ("groups", "i2f_vs_error"))
+    run = run_spec("exp4_init_cpu", ("groups", "reconstructions"))
     note = (
         "The paper's initializations (`dglbench.models.init`: `uniform`, `normal`, `kaiming`, `xavier` as in its "
         "script `demos/codes/invert_initializations.py`). The question is the order within one architecture."

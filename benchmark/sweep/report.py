@@ -408,6 +408,18 @@ def findings(rows: list[Row], table: list[dict[str, Any]], *, bootstrap: int = 1
                 if within:
                     text += f" Within one architecture: {'; '.join(within)}."
             out["text"].append(text)
+    # groups where the attack recovered nothing: error at or above the mean-image floor
+    floored = []
+    for g, members in _by(ok, lambda r: r.group).items():
+        errs = [r.targets.get(main) for r in members if r.targets.get(main) is not None]
+        floors = [r.floor for r in members if r.floor is not None]
+        if errs and floors and statistics.median(errs) >= 0.8 * statistics.median(floors):
+            floored.append(f"{g} ({statistics.median(errs):.3g} against {statistics.median(floors):.3g})")
+    if floored:
+        out["text"].append(
+            f"Median attack {label} within 20% of the mean-image floor or above it (the attack recovered about "
+            f"nothing; these groups' order is the floor's, not leakage): {'; '.join(floored)}."
+        )
     # calibration: how far the lower bound sits below the error, per architecture
     if "lower_bound" in predictors_of(rows):
         parts = []

@@ -197,3 +197,14 @@ def test_the_reconstruction_figure_puts_the_recorded_images_in_their_places(tmp_
             assert np.all(found["mosaic"][y0 - 1, x0 - 1 : x0 + w] == 1.0)  # white padding above each cell
     rep = write_report(tmp_path, bootstrap=0)
     assert rep["paths"]["reconstructions"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_groups_whose_error_reaches_the_mean_image_floor_are_named(tmp_path, template):
+    floor = template.floors["mean_image"]["l2_error"]
+    write(
+        tmp_path, template, gaussian(0.01, init="uniform"), [(1.0, floor / 100), (2.0, floor / 50), (3.0, floor / 20)]
+    )
+    write(tmp_path, template, gaussian(0.01, init="xavier"), [(1.0, floor * 1.5), (2.0, floor * 2), (3.0, floor * 3)])
+    rows = load_rows(tmp_path)
+    text = " ".join(findings(rows, correlation_table(rows, bootstrap=0), bootstrap=0)["text"])
+    assert f"init=xavier ({floor * 2:.3g} against {floor:.3g})" in text and "init=uniform (" not in text
