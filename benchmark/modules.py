@@ -345,7 +345,7 @@ class LeakageModule(pl.LightningModule):
         if self.mode in ("both", "attack"):
             self._attack([v for v in victims if v.status == "ok"])
         records = [self._record(v) for v in victims]
-        if self.images is not None and self._saves_images():
+        if self.images is not None and self.mode != "estimate" and self._saves_images():
             for v, rec in zip(victims, records):
                 self._save_images(v, rec)
         for rec in records:

@@ -100,3 +100,9 @@ def test_timings_name_the_shared_steps_and_their_victim_counts(trial):
         assert t.attack == pytest.approx(sum(s["seconds"] for s in t.attack_steps.values()) / VICTIMS)
         assert t.total >= t.i2f_step  # the step's wall time holds the whole shared estimate
     assert records[0].timings.attack_steps == records[1].timings.attack_steps  # one step: the same facts
+
+
+def test_an_estimate_only_trial_saves_no_images(tmp_path):
+    cfg = TrialConfig.from_dict({"dataset_params": {"num_victims": 1, "image_size": 8}, "attack": None, "eps": [0.1]})
+    run_trial(cfg, output_dir=tmp_path, progress=False)
+    assert not RunLayout(tmp_path).images(cfg.trial_id).directory.exists()
