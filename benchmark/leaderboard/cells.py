@@ -178,7 +178,7 @@ def _v2_columns(track: Track, floors: dict[str, float | None]) -> list[tuple[str
         suffix = f" (floor {number(floor)})" if floor is not None else ""
         cols.append((f"Worst {METRIC_LABELS[m]}{suffix}", f"worst-{m}", "num", False))
     cols += [("Test acc. (%)", "accuracy", "num", False), ("Acc. drop (pts)", "drop", "num", False),
-             ("Failed victims", "failures", "num", False), ("Frontier", "frontier", "num", False)]  # fmt: skip
+             ("Failed", "failures", "num", False), ("Frontier", "frontier", "num", False)]  # fmt: skip
     for a in track.attacks:
         label = ATTACK_LABELS.get(a.name, a.name)
         cols.append((f"{label} {METRIC_LABELS[track.ranking.metric]}", f"attack-{a.name}", "num", True))

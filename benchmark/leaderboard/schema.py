@@ -89,7 +89,7 @@ class DefenseInfo:
     reference: str | None
     description: str | None
     formal_privacy: dict[str, Any] | None
-    code_hash: str | None
+    code_hash: str | None = None  # required in files all the same (entries list every field)
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,8 @@ def validate_entry(path: str | Path, root: str | Path | None = None) -> list[str
 def _schema_problems(root: Path) -> list[str]:
     problems = []
     for name, schema in (("entry", entry_json_schema()), ("victims", victims_json_schema())):
-        for folder in [root / f"v{SCHEMA_VERSION}" / "schema"]:  # older folders keep their schema as published
+        current = root / f"v{SCHEMA_VERSION}"
+        for folder in [current / "schema"] if current.is_dir() else []:  # older ones keep their schema as published
             path = folder / f"{name}.schema.json"
             if not path.exists() or read_json(path) != schema:
                 problems.append(

@@ -114,3 +114,56 @@ def test_html_tables_render_and_sort_in_headless_chromium(rendered, tmp_path):
         for r in re.findall(r"<tr class=[^>]*>(.*?)</tr>", table, flags=re.S)
     ]
     assert ranks == ["1", "2", ""]  # unranked last
+
+
+def _v2_root(tmp_path: Path) -> Path:
+    """A leaderboard root with the natural-convnet5@2 track and three entries made from a stored one."""
+    from dataclasses import replace
+
+    from dglbench.io import atomic_write_json
+    from dglbench.leaderboard.schema import WorstCaseSummary
+    from dglbench.leaderboard.stats import summarize
+    from dglbench.leaderboard.track import default_root
+    from dglbench.leaderboard.typed import to_dict
+
+    root = tmp_path / "lb"
+    (root / "v2" / "tracks").mkdir(parents=True)
+    shutil.copy(default_root() / "v2" / "tracks" / "natural-convnet5.yaml", root / "v2" / "tracks")
+    base = load_entry(entry_files(default_root())[0])
+    for name, leak, low, high, acc in (("none", 0.9, 0.85, 0.95, 60.0), ("gaussian", 0.4, 0.3, 0.5, 58.0),
+                                       ("laplace", 0.45, 0.35, 0.55, 57.0)):  # fmt: skip
+        stat = summarize([leak - 0.01, leak + 0.01])
+        w = WorstCaseSummary(64, 0, {"dlg": 0}, {"psnr": summarize([30.0, 31.0]), "ssim": stat},
+                             {"psnr": 13.58, "ssim": 0.33}, {}, ["psnr", "ssim"], stat, low, high)  # fmt: skip
+        fed = replace(base.utility.fedsgd, test_accuracy=acc, undefended_test_accuracy=60.0)
+        defense = replace(base.defense, name=name, spec=name, params={"sigma": 0.1}, reference="https://example.org/x")
+        e = replace(base, track="natural-convnet5@2", entry_id=f"natural-convnet5@2/{name}-0123456789ab",
+                    defense=defense, worst_case=w, utility=replace(base.utility, fedsgd=fed))  # fmt: skip
+        atomic_write_json(root / "v2" / "entries" / "natural-convnet5" / f"{name}-0123456789ab.json", to_dict(e))
+    return root
+
+
+def test_v2_board_states_its_rule_floors_and_shared_ranks(tmp_path):
+    root = _v2_root(tmp_path)
+    written = render_all(root)
+    assert all(root in p.parents for p in written)  # nothing outside the root without --repo-root
+    readme = (root / "README.md").read_text()
+    assert "Rule: entries within 10 points" in readme and "floor 13.58" in readme and "How to cite" in readme
+    assert "| 1-2 | gaussian" in readme and "| 1-2 | laplace" in readme and "| 3 | none" in readme
+    assert "Acc. drop = undefended minus defended accuracy" in readme
+    assert "<https://example.org/x>" in readme
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_v2_main_columns_fit_1366_pixels_in_headless_chromium(tmp_path):
+    root = _v2_root(tmp_path)
+    render_all(root)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1366,900",
+             f"--user-data-dir={tmp_path / 'chrome'}"]  # fmt: skip
+    url = (root / "index.html").resolve().as_uri()
+    done = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert 'data-script="ran"' in dom and 'class="more"' in dom
+    assert re.findall(r'class="scroll" data-overflow="(\w+)"', dom) == ["no"]  # main columns: no horizontal scroll

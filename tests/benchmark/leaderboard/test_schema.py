@@ -191,7 +191,10 @@ def test_stored_tracks_load_and_content_hash_ignores_formatting(lb_root):
     _write_track(lb_root, data)
     assert load_track("digits-convnet5", lb_root).content_hash != track.content_hash
     for ref in ("digits-convnet5", "mnist-convnet5", "cifar10-cifar_resnet18", "imagenet-resnet50"):
-        assert load_track(ref).ref == f"{ref}@1"
+        assert load_track(f"{ref}@1").ref == f"{ref}@1" and load_track(f"{ref}@1").protocol == 1
+    for ref in ("mnist-convnet5", "cifar10-cifar_resnet18", "imagenet-resnet50", "natural-convnet5", "faces-convnet5"):
+        assert load_track(ref).ref == f"{ref}@2" and load_track(ref).protocol == 2  # the latest version
+    assert load_track("digits-convnet5").ref == "digits-convnet5@1"  # no v2 counterpart
 
 
 @pytest.mark.parametrize(
