@@ -79,9 +79,9 @@ def _cmd_attacks(args: argparse.Namespace) -> None:
 
 
 def _cmd_defenses(args: argparse.Namespace) -> None:
-    from dglbench.defenses import DEFENSES
+    from dglbench.defenses import list_defenses
 
-    print("\n".join(DEFENSES.list(args.pattern)))
+    print("\n".join(list_defenses(args.pattern)))  # built-ins and installed entry points (names only: nothing imported)
 
 
 def _cmd_zoo(args: argparse.Namespace) -> None:
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("datasets", _cmd_datasets, "list victim datasets"),
         ("inits", _cmd_inits, "list initialization schemes"),
         ("attacks", _cmd_attacks, "list attacks"),
-        ("defenses", _cmd_defenses, "list built-in defenses"),
+        ("defenses", _cmd_defenses, "list built-in defenses and installed entry-point defenses"),
         ("zoo", _cmd_zoo, "print the zoo capability matrix (forward, double backward, I2F)"),
     ):
         add(name, handler, what).add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'cifar_*'")
