@@ -247,3 +247,25 @@ def test_v1_protocol_ranks_batch_calibrated_noise_first_only_because_of_the_batc
     assert ranked[1][0] == ("dp_sgd", 1), ranked  # v1: first, with the privacy of B=1 and the utility of B=8
     assert drops[1]["dp_sgd"] <= 15.0 < drops[2]["dp_sgd"], drops  # the same noise on the same clients costs more
     assert dict(ranked[2])["dp_sgd"] is None and dict(ranked[2])["gaussian"] == 1, ranked
+
+
+def test_dglbench_defenses_lists_installed_entry_points_by_name(monkeypatch, capsys):
+    import dglbench.defenses as defenses
+    from dglbench.cli import main
+
+    monkeypatch.setattr(defenses, "_entry_points", lambda: {"clipnoise": object()})
+    main(["defenses"])
+    listed = capsys.readouterr().out.split()
+    assert "clipnoise" in listed and "gaussian" in listed
+
+
+def test_verify_compares_which_attacks_succeeded_and_the_worst_case_over_them():
+    from dglbench.leaderboard.verify import _values
+
+    track = load_track("natural-convnet5@2", ROOT)
+    diverged = VictimRecord("t", 0, attacks=(_outcome("dlg", 40.0, 0.9, loss=float("nan")),
+                                             _outcome("inverting_gradients", 20.0, 0.5)))  # fmt: skip
+    fine = VictimRecord("t", 0, attacks=(_outcome("dlg", 40.0, 0.9), _outcome("inverting_gradients", 20.0, 0.5)))
+    a, b = _values(diverged, track), _values(fine, track)
+    assert a["succeeded"] == "inverting_gradients" and b["succeeded"] == "dlg,inverting_gradients"
+    assert (a["worst.psnr"], a["worst.ssim"]) == (20.0, 0.5) and (b["worst.psnr"], b["worst.ssim"]) == (40.0, 0.9)
