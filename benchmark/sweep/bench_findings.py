@@ -128,6 +128,45 @@ def _ratio(c: dict[str, Any]) -> str:
     return f"{c['ratio']:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
 
 
+def _gap_sentences(gaps: list[dict[str, Any]]) -> str:
+    """The calibration's answer in words: is the gap the attack's (budget) or the bound's (spectrum)?"""
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for g in gaps:
+        by_model[g["architecture"]].append(g)
+    moves, attack, bound, lam = [], [], [], []
+    for model, gs in by_model.items():
+        gs = sorted(gs, key=lambda g: float(g["split"]) if g["split"] is not None else 0.0)
+        ratios = [g["error_over_exact0"]["ratio"] for g in gs if g["error_over_exact0"]["ratio"] is not None]
+        if len(ratios) > 1:
+            moves.append(abs(ratios[-1] / ratios[0] - 1))
+        attack += [(r, model) for r in ratios]
+        bound += [(g["exact0_over_lb"]["ratio"], model) for g in gs if g["exact0_over_lb"]["ratio"] is not None]
+        lam += [(g["lambda_max"], model) for g in gs[:1] if g["lambda_max"] is not None]
+    text = []
+    if moves:
+        budgets = sorted({str(g["split"]) for g in gaps}, key=float)
+        text.append(
+            f"More attack iterations ({' → '.join(budgets)}) move the median error / I2F₀ by at most "
+            f"{100 * max(moves):.1f}% on any architecture: the attack has converged at the smaller budget."
+        )
+    if attack and bound:
+        (alo, am), (ahi, aM) = min(attack), max(attack)
+        (blo, bm), (bhi, bM) = min(bound), max(bound)
+        text.append(
+            f"The attack sits within a small factor of exact I2F at ε = 0 (error / I2F₀ from {alo:.2g} on {am} to "
+            f"{ahi:.2g} on {aM}), while the lower bound sits {blo:.3g}× ({bm}) to {bhi:.3g}× ({bM}) below I2F₀: "
+            "the gap between the attack and the lower bound is the bound's looseness, not the attack's convergence."
+        )
+    if len(lam) > 1:
+        (llo, lm), (lhi, lM) = min(lam), max(lam)
+        text.append(
+            f"I2F₀ / lower bound = λ_max / λ_eff with λ_eff = ‖Kᵀδ‖ / I2F₀, the eigenvalue δ effectively meets: "
+            f"noise spread over all directions meets the small eigenvalues, so the bound, which divides by λ_max, "
+            f"is loose by the spread of the spectrum; λ_max itself spans {llo:.3g} ({lm}) to {lhi:.3g} ({lM})."
+        )
+    return " ".join(text)
+
+
 def run_calibration() -> str:
     """Calibration across architectures, and why the lower bound is loose where it is."""
     run = run_spec("calibration_cpu", ("i2f_vs_error", "risk_ranking"))
@@ -139,12 +178,15 @@ def run_calibration() -> str:
     rows = [
         dataclasses.replace(r, settings={**r.settings, "_lambda_max": lam.get((r.trial_id, r.victim_id))}) for r in rows
     ]
+    gaps = gap_factors(rows, "attack_params.max_iterations")
     lines = [
+        _gap_sentences(gaps),
+        "",
         "| architecture | attack iterations | n | error / lower bound | error / I2F₀ | I2F₀ / lower bound "
         "| median λ_max |",
         "|---|---:|---:|---|---|---|---:|",
     ]
-    for g in gap_factors(rows, "attack_params.max_iterations"):
+    for g in gaps:
         lam_text = "–" if g["lambda_max"] is None else f"{g['lambda_max']:.3g}"
         lines.append(
             f"| {g['architecture']} | {g['split']} | {g['n']} | {_ratio(g['error_over_lb'])} "
@@ -155,6 +197,7 @@ def run_calibration() -> str:
         "intervals; `I2F₀` is exact I2F at ε = 0 (the minimum-norm solution). error / lower bound = "
         "(error / I2F₀) × (I2F₀ / lower bound): the first factor is the attack's distance from the linearized "
         "prediction (it shrinks when more iterations help), the second the bound's looseness for this δ (the "
-        "spread of the spectrum of KᵀK that δ meets)."
+        "spread of the spectrum of KᵀK that δ meets). Images are the embedded 8×8 digits; at 28×28 the spectra, and "
+        "so these factors, differ (not measured here)."
     )
     return _section(run, note, "\n".join(lines) + "\n\n")

@@ -131,7 +131,7 @@ def plot_scatter(
             fig.colorbar(sc, ax=ax, label=f"defense {strength}", pad=0.01)
         else:
             ax.scatter(xs, ys, s=16, alpha=0.8)
-        lo, hi = min(xs.min(), ys.min()), max(xs.max(), ys.max())
+        lo, hi = xs.min(), xs.max()  # y = x over the data's x range
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
         fit = loglog_slope(xs.tolist(), ys.tolist())
         if fit["slope"] is not None:
@@ -144,6 +144,8 @@ def plot_scatter(
             ax.axhline(median(floors), color="grey", ls=":", lw=1.2, label="mean-image floor")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # minor tick labels collide on short log ranges
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{model} (n = {len(pts)})", fontsize=10)
         ax.set_xlabel(_label(predictor))
         ax.grid(True, which="both", alpha=0.2)
