@@ -269,3 +269,18 @@ def test_verify_compares_which_attacks_succeeded_and_the_worst_case_over_them():
     a, b = _values(diverged, track), _values(fine, track)
     assert a["succeeded"] == "inverting_gradients" and b["succeeded"] == "dlg,inverting_gradients"
     assert (a["worst.psnr"], a["worst.ssim"]) == (20.0, 0.5) and (b["worst.psnr"], b["worst.ssim"]) == (40.0, 0.9)
+
+
+def test_the_v2_baseline_script_covers_every_builtin_defense_at_two_strengths():
+    import re
+
+    from dglbench.defenses import DEFENSES
+
+    text = (ROOT / "v2" / "baselines.sh").read_text()
+    calls = re.findall(r"^submit --defense (\S+)(.*)$", text, flags=re.M)
+    settings: dict[str, set[str]] = {}
+    for name, params in calls:
+        settings.setdefault(name, set()).add(params.strip())
+    assert set(settings) == set(DEFENSES.list())
+    assert all(name == "none" or len(s) >= 2 for name, s in settings.items()), settings
+    assert "--skip-existing" in text  # resumable: finished entries are skipped
