@@ -364,10 +364,15 @@ def findings(rows: list[Row], table: list[dict[str, Any]], *, bootstrap: int = 1
         parts = []
         for model, members in _architectures(rows).items():
             fit = loglog_slope([r.predictors.get(sp) for r in members], [r.targets.get(main) for r in members])
-            out["slopes"].append({"architecture": model, "predictor": sp, "target": main, **fit})
+            out["slopes"].append({"architecture": model, "level": None, "predictor": sp, "target": main, **fit})
             if fit["slope"] is not None:
                 ci = fit["slope_ci"]
                 parts.append(f"{model} {fit['slope']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] (n = {fit['n']})")
+            levels = _by([r for r in members if r.strength is not None], lambda r: r.strength)
+            if len(levels) > 1:  # at one strength, only what the groups vary moves the prediction (exp. 3: λ_i)
+                for level, sub in levels.items():
+                    at = loglog_slope([r.predictors.get(sp) for r in sub], [r.targets.get(main) for r in sub])
+                    out["slopes"].append({"architecture": model, "level": level, "predictor": sp, "target": main, **at})
         if parts:
             out["text"].append(
                 f"Log-log slope of the attack {label} on I2F {sp} (1 when the error is the prediction times a "
@@ -478,11 +483,13 @@ def _markdown(table: list[dict[str, Any]], rank: list[dict[str, Any]], found: di
             )
     if found["slopes"]:
         lines += ["", "## Slope of the attack error on I2F (log-log)", "",
-                  "| architecture | I2F term | n | slope [95% CI] |", "|---|---|---:|---|"]  # fmt: skip
+                  "| architecture | strength level | I2F term | n | slope [95% CI] |",
+                  "|---|---|---|---:|---|"]  # fmt: skip
         for s in found["slopes"]:
             ci = s["slope_ci"]
             text = "–" if s["slope"] is None else f"{s['slope']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-            lines.append(f"| {s['architecture']} | {s['predictor']} | {s['n']} | {text} |")
+            level = "all" if s["level"] is None else f"{s['level']:g}"
+            lines.append(f"| {s['architecture']} | {level} | {s['predictor']} | {s['n']} | {text} |")
     if found["rankings"]:
         lines += ["", "## Groups ranked by I2F and by the attack (most leakage first)", "",
                   "| I2F term | scope | by I2F | by attack | Kendall τ |", "|---|---|---|---|---:|"]  # fmt: skip

@@ -208,3 +208,15 @@ def test_groups_whose_error_reaches_the_mean_image_floor_are_named(tmp_path, tem
     rows = load_rows(tmp_path)
     text = " ".join(findings(rows, correlation_table(rows, bootstrap=0), bootstrap=0)["text"])
     assert f"init=xavier ({floor * 2:.3g} against {floor:.3g})" in text and "init=uniform (" not in text
+
+
+def test_the_demo_prints_the_findings_and_the_reports_path_not_the_table(tmp_path, template, capsys):
+    from dglbench.sweep.cli import _report
+
+    write(tmp_path, template, gaussian(0.001), [(1.0, 2.0), (2.0, 3.0), (3.0, 5.0)])
+    write(tmp_path, template, gaussian(0.01), [(10.0, 20.0), (20.0, 30.0), (30.0, 50.0)])
+    rep = _report(tmp_path, 0, headline=True)
+    printed = capsys.readouterr().out
+    assert printed.startswith("- 6 victims in 2 trials (0 failed).")
+    assert "pooled over all victims ρ = +1.00 (n = 6)" in printed
+    assert f"full report: {rep['paths']['markdown']}" in printed and "| group |" not in printed
