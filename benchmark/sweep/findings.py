@@ -38,7 +38,7 @@ __all__ = [
 
 #: Settings that vary between replicates, never grouping columns.
 REPLICATE_KEYS = ("seed", "init_seed", "dataset_params.seed")
-#: Display names of grouping keys (``defense_params.`` is dropped).
+#: Display names of grouping keys (a ``<part>_params.`` prefix is dropped).
 DISPLAY = {"model": "architecture"}
 
 
@@ -100,8 +100,16 @@ def group_label(settings: Mapping[str, Any], keys: Sequence[str]) -> str:
 
 
 def display(key: str) -> str:
-    """How a report names a config key: ``defense_params.ranks`` → ``ranks``, ``model`` → ``architecture``."""
-    return DISPLAY.get(key, key.removeprefix("defense_params."))
+    """How a report names a config key: ``defense_params.ranks`` → ``ranks``, ``model`` → ``architecture``.
+
+    A ``<part>_params.`` prefix (defense, attack, dataset, model) is dropped.
+
+    Example:
+        >>> display("attack_params.max_iterations"), display("model"), display("case.loss")
+        ('max_iterations', 'architecture', 'case.loss')
+    """
+    head, dot, rest = key.partition(".")
+    return DISPLAY.get(key, rest if dot and head.endswith("_params") else key)
 
 
 def _finite_positive(xs: Sequence[float | None], ys: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,8 +156,8 @@ def ranking_agreement(groups: Mapping[str, tuple[Sequence[float | None], Sequenc
 
     Example:
         >>> r = ranking_agreement({"a": ([1, 2], [5, 6]), "b": ([3, 4], [1, 2]), "c": ([5], [9])})
-        >>> r["by_i2f"], r["by_attack"], r["kendall"]
-        (['a', 'b', 'c'], ['b', 'a', 'c'], 0.333...)
+        >>> r["by_i2f"], r["by_attack"], round(r["kendall"], 3)
+        (['a', 'b', 'c'], ['b', 'a', 'c'], 0.333)
     """
     from scipy import stats
 
