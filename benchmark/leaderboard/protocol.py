@@ -24,7 +24,7 @@ A protocol-2 track (``protocol: 2`` in its YAML) fixes:
    (:func:`rank_ranges`); the utility rule of v1 (``max_accuracy_drop``) still decides who is ranked.
 
 Example:
-    >>> round(relative("psnr", 20.0, 10.0), 4), relative("ssim", 0.55, 0.1)
+    >>> round(relative("psnr", 20.0, 10.0), 4), round(relative("ssim", 0.6, 0.2), 4)
     (0.9, 0.5)
     >>> rank_ranges([(0.1, 0.2), (0.15, 0.3), (0.5, 0.6)])
     [(1, 2), (1, 2), (3, 3)]
