@@ -17,6 +17,8 @@
                             imprint block; images alone in a brightness bin recovered exactly
 ``april``                   :class:`April` — Lu et al. 2022: a ViT's patches from its position
                             embedding's gradient, by one linear solve
+``gradinversion``           :class:`GradInversion` — Yin et al. 2021: gradient matching with BatchNorm-
+                            statistics and group-consistency priors, Langevin Adam, label restoration
 ==========================  ======================================================================
 
 Every attack has ``run(model, payload, image_shape, *, box, generator, init) -> AttackResult`` for
@@ -25,8 +27,8 @@ one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResul
 Example:
     >>> from dglbench.attacks import ATTACKS, create_attack
     >>> ATTACKS.list()  # doctest: +NORMALIZE_WHITESPACE
-    ['analytic_linear', 'april', 'dlg', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2', 'ig_masked',
-     'ig_quantized', 'ig_sign', 'imprint', 'inverting_gradients']
+    ['analytic_linear', 'april', 'dlg', 'gradinversion', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2',
+     'ig_masked', 'ig_quantized', 'ig_sign', 'imprint', 'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
     200
 """
@@ -41,6 +43,7 @@ from dglbench.attacks.april import April
 from dglbench.attacks.base import ATTACKS, Attack, AttackResult
 from dglbench.attacks.dlg import DLG, IDLG
 from dglbench.attacks.fedavg import InvertingGradientsFedAvg
+from dglbench.attacks.gradinversion import GradInversion
 from dglbench.attacks.imprint import Imprint
 from dglbench.attacks.inverting_gradients import InvertingGradients
 from dglbench.attacks.labels import infer_labels
@@ -51,6 +54,7 @@ __all__ = [
     "AnalyticLinear",
     "April",
     "DLG",
+    "GradInversion",
     "IDLG",
     "Imprint",
     "Attack",

@@ -37,10 +37,10 @@ from dglbench.case import Payload
 from dglbench.errors import ConfigError, ShapeError
 from torch import Tensor, nn
 
-__all__ = ["LABEL_STRATEGIES", "class_gradient", "idlg_labels", "infer_labels", "llg_labels"]
+__all__ = ["LABEL_STRATEGIES", "class_gradient", "idlg_labels", "infer_labels", "llg_labels", "yin_labels"]
 
-LabelStrategy = Literal["auto", "idlg", "llg"]
-LABEL_STRATEGIES: tuple[str, ...] = ("auto", "idlg", "llg")
+LabelStrategy = Literal["auto", "idlg", "llg", "yin"]
+LABEL_STRATEGIES: tuple[str, ...] = ("auto", "idlg", "llg", "yin")
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -79,6 +79,42 @@ def class_gradient(model: nn.Module, gradient: Tensor) -> Tensor:
         return gradient[start : start + shape.numel()]
     start, shape = offsets[prefix + "weight"]
     return gradient[start : start + shape.numel()].reshape(shape).sum(-1)
+
+
+def last_weight_gradient(model: nn.Module, gradient: Tensor) -> Tensor:
+    """The last linear layer's weight gradient ``[K, F]`` out of the flat shared gradient ``[d_θ]``."""
+    name, _ = _last_linear(model)
+    offset, key = 0, f"{name}.weight" if name else "weight"
+    for pname, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if pname == key:
+            return gradient[offset : offset + p.numel()].reshape(p.shape)
+        offset += p.numel()
+    raise ConfigError(f"the last linear layer's weight {key!r} is not a trainable parameter")
+
+
+def yin_labels(model: nn.Module, gradient: Tensor, batch_size: int) -> Tensor:
+    """GradInversion's label restoration for a batch without repeated labels (Yin et al., CVPR 2021, section 3.1).
+
+    With non-negative features (after a ReLU) the weight-gradient row ``∇W_c = Σ_b (p_bc − [y_b = c]) h_b`` of a
+    class present in the batch has negative entries, the others none; the ``batch_size`` classes whose rows reach
+    the most negative minimum are returned (sorted). A batch larger than the number of classes must repeat labels:
+    then LLG (:func:`llg_labels`) is used.
+
+    Example:
+        >>> import torch
+        >>> from dglbench.gradients import flat_parameter_gradient
+        >>> nn, _ = torch.nn, torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 5))
+        >>> g = flat_parameter_gradient(model, torch.rand(2, 1, 4, 4), torch.tensor([4, 1]))
+        >>> yin_labels(model, g, 2).tolist()
+        [1, 4]
+    """
+    weight = last_weight_gradient(model, gradient).detach()
+    if batch_size > weight.shape[0]:
+        return llg_labels(model, gradient, batch_size)
+    return weight.min(1).values.argsort()[:batch_size].sort().values.to(gradient.device)
 
 
 def idlg_labels(model: nn.Module, gradient: Tensor) -> Tensor:
@@ -135,7 +171,8 @@ def infer_labels(model: nn.Module, payload: Payload, strategy: LabelStrategy = "
     Args:
         model: the victim model.
         payload: what the attacker received; ``payload.batch_size`` (1 when unknown) labels are returned.
-        strategy: ``"idlg"`` (one image), ``"llg"`` (any batch) or ``"auto"`` (idlg for one image, else llg).
+        strategy: ``"idlg"`` (one image), ``"llg"`` (any batch), ``"yin"`` (a batch of distinct labels,
+            :func:`yin_labels`) or ``"auto"`` (idlg for one image, else llg).
 
     Returns:
         ``[B]`` long tensor on the gradient's device.
@@ -156,4 +193,6 @@ def infer_labels(model: nn.Module, payload: Payload, strategy: LabelStrategy = "
         raise ConfigError(f"the 'idlg' label strategy needs one image, the payload has {batch_size}; use 'llg'")
     if strategy == "idlg" or (strategy == "auto" and batch_size == 1):
         return idlg_labels(model, payload.gradient)
+    if strategy == "yin":
+        return yin_labels(model, payload.gradient, batch_size)
     return llg_labels(model, payload.gradient, batch_size)
