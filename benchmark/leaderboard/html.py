@@ -175,20 +175,39 @@ def _table(track: Track, rows: Sequence[Row]) -> str:
     )
 
 
-def _results(track: Track, rows: Sequence[Row]) -> str:
+def _strips(rows: Sequence[Row], strips: dict[str, str]) -> str:
+    """Each entry's strip of reconstructions (base64 PNG, embedded), in table order."""
+    from dglbench.leaderboard.strip import STRIP_VICTIMS
+
+    shown = [(r, strips[r.entry.entry_id]) for r in rows if r.entry.entry_id in strips]
+    if not shown:
+        return ""
+    items = "".join(
+        f'<figure class="strip"><img alt="reconstructions of {html.escape(r.entry.entry_id)}" '
+        f'src="data:image/png;base64,{b64}"><figcaption>{html.escape(r.rank_text)} '
+        f"{html.escape(r.entry.defense.name)} {html.escape(shown_params(r.entry.defense))}</figcaption></figure>"
+        for r, b64 in shown
+    )
+    return (
+        f"<details><summary>Reconstructions of the first {STRIP_VICTIMS} victims per entry (top: private image; "
+        f"bottom: the attack of the victim's worst PSNR)</summary>{items}</details>"
+    )
+
+
+def _results(track: Track, rows: Sequence[Row], strips: dict[str, str] | None = None) -> str:
     if not rows:
         return "<p><em>No entries yet: submit one with <code>dglbench leaderboard submit</code>.</em></p>"
     return (
         f"{_table(track, rows)}\n<figure>{privacy_utility_svg(track, rows)}<figcaption>Privacy vs utility on "
         f"{html.escape(track.ref)}: every entry; labels on the frontier, the top three and no defense."
-        "</figcaption></figure>"
+        f"</figcaption></figure>{_strips(rows, strips or {})}"
     )
 
 
-def _section(board: Board) -> str:
+def _section(board: Board, strips: dict[str, str] | None = None) -> str:
     t = board.track
     if t.protocol == 2:
-        return _section_v2(board)
+        return _section_v2(board, strips or {})
     attack = "the strongest attack of the suite" if t.ranking.attack == "strongest" else t.ranking.attack
     rule = (
         f"Rank: mean {METRIC_LABELS[t.ranking.metric]} of {attack} "
@@ -204,7 +223,7 @@ def _section(board: Board) -> str:
     ).rstrip("\n")  # fmt: skip
 
 
-def _section_v2(board: Board) -> str:
+def _section_v2(board: Board, strips: dict[str, str]) -> str:
     from dglbench.leaderboard.cite import track_bibtex
     from dglbench.leaderboard.render import rule_v2
 
@@ -218,17 +237,20 @@ def _section_v2(board: Board) -> str:
     return fill(
         _template("section.html"), anchor=html.escape(f"{t.id}-v{t.version}"), title=html.escape(t.title),
         ref=html.escape(t.ref), description=html.escape(t.description), rule=html.escape(rule_v2(board)),
-        suite=html.escape(suite), results=_results(t, board.rows), extra=extra,
+        suite=html.escape(suite), results=_results(t, board.rows, strips), extra=extra,
     ).rstrip("\n")  # fmt: skip
 
 
-def html_page(all_boards: Sequence[Board]) -> str:
-    """The whole page: protocol-2 tracks first, then the superseded v1 tracks under their own heading."""
+def html_page(all_boards: Sequence[Board], strips: dict[str, str] | None = None) -> str:
+    """The whole page: protocol-2 tracks first, then the superseded v1 tracks under their own heading.
+
+    ``strips`` maps entry ids to base64 PNG strips of reconstructions (:mod:`~dglbench.leaderboard.strip`).
+    """
     from dglbench.leaderboard.render import SUPERSEDED
 
     current = [b for b in all_boards if b.track.protocol == 2]
     old = [b for b in all_boards if b.track.protocol != 2]
-    parts = [_section(b) for b in current]
+    parts = [_section(b, strips) for b in current]
     if old:
         parts.append(f'<h2 id="v1">Version 1 (superseded)</h2>\n<p class="rule">{html.escape(SUPERSEDED)}</p>')
         parts += [_section(b) for b in old]

@@ -281,6 +281,23 @@ def _marker(track: Track) -> str:
     return f"leaderboard-{track.id}-v{track.version}"
 
 
+def _strips(root: Path, all_boards: list[Board]) -> dict[str, str]:
+    """Base64 PNG strips of reconstructions stored beside protocol-2 entries, by entry id."""
+    import base64
+
+    from dglbench.leaderboard.strip import strip_path
+
+    out = {}
+    for board in all_boards:
+        t = board.track
+        for row in board.rows:
+            e = row.entry
+            path = strip_path(root / f"v{t.version}" / "entries" / t.id / f"{e.entry_id.split('/', 1)[1]}.json")
+            if path.exists():
+                out[e.entry_id] = base64.b64encode(path.read_bytes()).decode("ascii")
+    return out
+
+
 def render_all(root: str | Path | None = None, repo_root: str | Path | None = None) -> list[Path]:
     """Write every generated file inside ``root`` (and ``CITATION.cff`` into ``repo_root`` when given)."""
     from dglbench import __version__
@@ -310,6 +327,6 @@ def render_all(root: str | Path | None = None, repo_root: str | Path | None = No
     written.append(atomic_write_text(root / "references.bib", bib))
     if repo_root is not None:  # CITATION.cff lives outside the leaderboard root: written only when asked
         written.append(atomic_write_text(repo_root / "CITATION.cff", citation_cff(__version__, released)))
-    written.append(atomic_write_text(root / "index.html", html_page(all_boards)))
+    written.append(atomic_write_text(root / "index.html", html_page(all_boards, _strips(root, all_boards))))
     written += write_schemas(root / f"v{SCHEMA_VERSION}" / "schema")  # v1/schema keeps schema v1 as published
     return written

@@ -265,4 +265,9 @@ def submit(
     stored = [r.to_dict() for r in records]  # the records' own schema version is in each record
     atomic_write_json(victims_path, to_dict(VictimsFile(SCHEMA_VERSION, entry.entry_id, stored)))
     atomic_write_json(entry_path, to_dict(entry))
+    if track.protocol == 2:  # the page shows the worst-case reconstructions of the first victims
+        from dglbench.layout import RunLayout
+        from dglbench.leaderboard.strip import strip_path, write_strip
+
+        write_strip(RunLayout(out_dir).images(configs[0].trial_id).directory, track.num_victims, strip_path(entry_path))
     return Submission(entry, entry_path, victims_path)

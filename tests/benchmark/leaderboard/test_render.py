@@ -171,3 +171,36 @@ def test_v2_main_columns_fit_1366_pixels_in_headless_chromium(tmp_path):
     dom = done.stdout
     assert 'data-script="ran"' in dom and 'class="more"' in dom
     assert re.findall(r'class="scroll" data-overflow="(\w+)"', dom) == ["no"]  # main columns: no horizontal scroll
+
+
+def test_strip_shows_each_victims_private_image_above_its_worst_case_reconstruction(tmp_path):
+    import base64
+
+    import numpy as np
+    import torch
+    from dglbench.layout import RunLayout, save_reconstructions
+    from dglbench.leaderboard.strip import SCALE, strip_path, write_strip
+    from PIL import Image
+
+    folder = RunLayout(tmp_path / "run").images("t")
+    gen = torch.Generator().manual_seed(0)
+    saved = []
+    for j in range(3):
+        x, dlg, ig = (torch.rand(1, 1, 4, 5, generator=gen) for _ in range(3))
+        save_reconstructions(folder.victim(j), x, {"dlg": dlg, "ig": ig}, worst="ig" if j == 1 else "dlg")
+        saved.append((x, ig if j == 1 else dlg))
+    root = _v2_root(tmp_path)
+    entry = root / "v2" / "entries" / "natural-convnet5" / "gaussian-0123456789ab.json"
+    path = write_strip(folder.directory, 64, strip_path(entry))
+    pixels = np.asarray(Image.open(path))
+    assert pixels.shape == ((2 * 4 + 2) * SCALE, (3 * 5 + 2 * 2) * SCALE, 3)
+    for j, (x, worst) in enumerate(saved):  # written out: column j at x0 = j * (5 + 2), rows 0..3 and 6..9
+        x0 = j * 7 * SCALE
+        want_top = (x[0, 0] * 255).round().to(torch.uint8).numpy().repeat(SCALE, 0).repeat(SCALE, 1)
+        want_bottom = (worst[0, 0] * 255).round().to(torch.uint8).numpy().repeat(SCALE, 0).repeat(SCALE, 1)
+        assert (pixels[: 4 * SCALE, x0 : x0 + 5 * SCALE, 0] == want_top).all()
+        assert (pixels[6 * SCALE :, x0 : x0 + 5 * SCALE, 1] == want_bottom).all()
+    render_all(root)
+    page = (root / "index.html").read_text()
+    assert base64.b64encode(path.read_bytes()).decode() in page and "worst PSNR" in page
+    assert write_strip(tmp_path / "nothing", 64, tmp_path / "none.png") is None
