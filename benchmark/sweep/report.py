@@ -328,7 +328,8 @@ def findings(rows: list[Row], table: list[dict[str, Any]], *, bootstrap: int = 1
     swept = ", ".join(display(k) for k in keys) or "nothing besides the strength"
     out["text"].append(
         f"{len(rows)} victims in {len({r.trial_id for r in rows})} trials ({len(rows) - len(ok)} failed). "
-        f"Grouped by what the sweep varied: {swept}; strength axis: {strength}."
+        f"Grouped by what the sweep varied: {swept}; strength axis: "
+        f"{strength if any(r.strength_name for r in rows) else 'none (no defense declares one)'}."
     )
     if main is None:
         return out
@@ -425,27 +426,29 @@ def findings(rows: list[Row], table: list[dict[str, Any]], *, bootstrap: int = 1
             f"Median attack {label} within 20% of the mean-image floor or above it (the attack recovered about "
             f"nothing; these groups' order is the floor's, not leakage): {'; '.join(floored)}."
         )
-    # calibration: how far the lower bound sits below the error, per architecture
-    if "lower_bound" in predictors_of(rows):
-        parts = []
+    # calibration: how far each I2F term sits below the error, per architecture (lower bound, exact at ε = 0)
+    names = predictors_of(rows)
+    for term in dict.fromkeys(p for p in ("lower_bound", slope_predictor(rows)) if p in names):
+        words = "the I2F lower bound" if term == "lower_bound" else f"I2F {term}"
+        parts, cals = [], []
         for model, members in _architectures(rows).items():
             cal = calibration(
-                [r.predictors.get("lower_bound") for r in members], [r.targets.get(main) for r in members],
+                [r.predictors.get(term) for r in members], [r.targets.get(main) for r in members],
                 bootstrap=bootstrap,
             )  # fmt: skip
-            out["calibration"].append({"architecture": model, "predictor": "lower_bound", **cal})
+            out["calibration"].append({"architecture": model, "predictor": term, **cal})
             if cal["ratio"] is not None:
+                cals.append(cal)
                 ci = cal["ratio_ci"]
                 interval = f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""
                 parts.append(f"{model} {cal['ratio']:.3g}×{interval} ({cal['at_least']}/{cal['n']} at or above it)")
         if parts:
-            text = f"Attack {label} over the I2F lower bound (median per architecture): {'; '.join(parts)}."
-            cals = [c for c in out["calibration"] if c["ratio"] is not None]
+            text = f"Attack {label} over {words} (median per architecture): {'; '.join(parts)}."
             if len(cals) > 1:
                 spread = max(c["ratio"] for c in cals) / min(c["ratio"] for c in cals)
                 text += (f" The ratio differs {spread:.3g}× between architectures: a cross-architecture ranking by "
-                         f"the lower bound holds for the attack only where two architectures' lower bounds differ "
-                         f"by more than that factor.")  # fmt: skip
+                         f"{words} holds for the attack only where two architectures' values differ by more than "
+                         "that factor.")  # fmt: skip
             out["text"].append(text)
     return out
 
@@ -498,13 +501,13 @@ def _markdown(table: list[dict[str, Any]], rank: list[dict[str, Any]], found: di
             by_i2f, by_attack = (" < ".join(_short_label(g, model) for g in r[k]) for k in ("by_i2f", "by_attack"))
             lines.append(f"| {r['predictor']} | {r['scope']} | {by_i2f} | {by_attack} | {_num(r['kendall'])} |")
     if found["calibration"]:
-        lines += ["", "## Calibration: attack error over the I2F lower bound, per architecture", "",
-                  "| architecture | n | median ratio [95% CI] | error ≥ lower bound |",
-                  "|---|---:|---|---:|"]  # fmt: skip
+        lines += ["", "## Calibration: attack error over I2F, per architecture", "",
+                  "| architecture | I2F term | n | median error / I2F [95% CI] | error ≥ I2F |",
+                  "|---|---|---:|---|---:|"]  # fmt: skip
         for c in found["calibration"]:
             ci = c["ratio_ci"]
             text = _num(c["ratio"]) + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
-            lines.append(f"| {c['architecture']} | {c['n']} | {text} | {c['at_least']}/{c['n']} |")
+            lines.append(f"| {c['architecture']} | {c['predictor']} | {c['n']} | {text} | {c['at_least']}/{c['n']} |")
     lines += ["", "Predicted leakage by architecture (lowest I2F lower bound = most leakage):", "",
               "| rank | architecture | median I2F lower bound | median attack ‖x̂ − x‖ | n | failed |",
               "|---:|---|---:|---:|---:|---:|"]  # fmt: skip
