@@ -277,3 +277,29 @@ def test_case_fields_round_trip_through_the_trial():
     cfg = TrialConfig.from_dict({"case": case})
     assert dataclasses.asdict(cfg.case_obj) | case == dataclasses.asdict(cfg.case_obj)
     assert TrialConfig.from_dict(cfg.to_dict()).trial_id == cfg.trial_id
+
+
+def test_dglbench_run_with_a_fedavg_case_and_a_trained_model_writes_records(tmp_path, capsys):
+    """The command line end to end: `dglbench run --config` with a FedAvg case, ig_fedavg and a trained model."""
+    import json
+
+    from dglbench.cli import main
+    from dglbench.layout import RunLayout, read_trial_records
+
+    config = tmp_path / "trial.yaml"
+    config.write_text(
+        "model: mlp_1x256\nmodel_params: {hidden: [16]}\ndataset_params: {num_victims: 1}\n"
+        "case: {update: fedavg, local_steps: 2, local_lr: 0.1}\nattack: ig_fedavg\n"
+        "attack_params: {max_iterations: 5}\nlpips: false\nmodel_state: {trained_steps: 5}\n"
+        "defense: gaussian\ndefense_params: {sigma: 0.0001}\nadaptive: false\n"
+    )
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--out", str(out), "--logger", "none", "--quiet"]) == 0
+    (path,) = RunLayout(out).trial_records()
+    (rec,) = read_trial_records(path)
+    assert rec.status == "ok" and rec.attacks[0].name == "ig_fedavg" and rec.estimate.lower_bound > 0
+    assert rec.provenance["case"]["update"] == "fedavg" and rec.provenance["model_state"]["state"] == "trained"
+    assert json.loads(path.read_text())  # a readable trial file
+    # the same command again resumes: the record is kept, nothing is re-run
+    assert main(["run", "--config", str(config), "--out", str(out), "--logger", "none", "--quiet"]) == 0
+    assert RunLayout(out).trial_records() == [path]
