@@ -29,9 +29,8 @@ def run() -> str:
         for stem in PLOTS:
             shutil.copyfile(Path(tmp) / "report" / f"{stem}.png", DOCS / f"{stem}.png")
     findings = report.split("## Findings", 1)[1].split("\n## ", 1)[0].strip()
-    lines = report.splitlines()
-    table = [ln for ln in lines if ln.startswith(("| group", "|---|---|")) or "| l2_error |" in ln]
-    table = [ln for ln in table if not ln.startswith("|---|---:|")]
+    block = report.split("## I2F vs attack error", 1)[1].split("\n## ", 1)[0] if "## I2F vs" in report else ""
+    table = [ln for ln in block.splitlines() if ln.startswith(("| group", "|---|")) or "| l2_error |" in ln]
     ranking = report.split("Predicted leakage by architecture", 1)[1] if "Predicted leakage" in report else ""
     images = "\n\n".join(f"![{stem}]({(DOCS / f'{stem}.png').as_posix()})" for stem in PLOTS)
     return (
