@@ -233,6 +233,7 @@ def test_bibtex_parses_with_pybtex_and_citation_names_the_repository(tmp_path):
 @pytest.mark.slow
 def test_v1_protocol_ranks_batch_calibrated_noise_first_only_because_of_the_batch_mismatch(tmp_path):
     """dp_sgd adds sigma*clip/B to the mean gradient: v1 charges it at B=8 in utility and B=1 in privacy."""
+    from dglbench.leaderboard.strip import strip_path
     from dglbench.leaderboard.submit import submit
 
     ranked, drops = {}, {}
@@ -242,6 +243,7 @@ def test_v1_protocol_ranks_batch_calibrated_noise_first_only_because_of_the_batc
         for defense, params in (("gaussian", {"sigma": 0.01}), ("dp_sgd", {"clip": 1.0, "sigma": 0.5})):
             out = submit(track, defense, params, root=tmp_path / f"p{protocol}", work_dir=tmp_path / "runs")
             entries.append(out.entry)
+            assert strip_path(out.entry_path).exists() == (protocol == 2)  # the page's reconstructions
         ranked[protocol] = [(r.entry.defense.name, r.rank) for r in rank_entries(track, entries)]
         drops[protocol] = {e.defense.name: e.utility.fedsgd.accuracy_drop for e in entries}
     assert ranked[1][0] == ("dp_sgd", 1), ranked  # v1: first, with the privacy of B=1 and the utility of B=8
