@@ -96,14 +96,14 @@ def how_to_cite(board: Board) -> str:
 
 
 def boards(root: str | Path | None = None) -> list[Board]:
-    """Every stored track with its entries ranked: protocol-2 tracks first, then with entries before without."""
+    """Every stored track with its entries ranked: protocol-2 tracks first, then with entries, CPU, by id."""
     root = Path(root or default_root())
     entries = [load_entry(p) for p in entry_files(root)]
     out = []
     for ref in list_tracks(root):
         track = load_track(ref, root)
         out.append(Board(track, rank_entries(track, entries)))
-    return sorted(out, key=lambda b: (b.track.protocol != 2, not b.rows, b.track.ref))
+    return sorted(out, key=lambda b: (b.track.protocol != 2, not b.rows, b.track.scale != "cpu", b.track.ref))
 
 
 def _markdown_v2(board: Board) -> str:
