@@ -303,3 +303,22 @@ def test_dglbench_run_with_a_fedavg_case_and_a_trained_model_writes_records(tmp_
     # the same command again resumes: the record is kept, nothing is re-run
     assert main(["run", "--config", str(config), "--out", str(out), "--logger", "none", "--quiet"]) == 0
     assert RunLayout(out).trial_records() == [path]
+
+
+def test_exp7_settings_and_verdicts_by_hand():
+    from types import SimpleNamespace
+
+    from dglbench.bench_threat_models import _verdict, setting_of
+
+    fedavg = SimpleNamespace(
+        provenance={"case": {"update": "fedavg", "local_steps": 5}},
+        config={"model_state": {"trained_steps": 200, "lr": 0.1}},
+        indices=(3, 9, 11, 20),
+    )
+    fedsgd = SimpleNamespace(provenance={}, config={"case": {}}, indices=(4,))
+    assert setting_of(fedavg) == ("FedAvg τ=5", "trained 200 steps", 4)
+    assert setting_of(fedsgd) == ("FedSGD", "init", 1)
+    assert _verdict({"spearman": 0.8, "spearman_ci": [0.1, 0.95]}) == "tracks"
+    assert _verdict({"spearman": 0.6, "spearman_ci": [-0.2, 1.0]}) == "no evidence"
+    assert _verdict({"spearman": -0.7, "spearman_ci": [-0.9, -0.3]}) == "inverted"
+    assert _verdict({"spearman": None, "spearman_ci": None}) == "too few victims"
