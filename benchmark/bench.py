@@ -34,6 +34,7 @@ def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
         "attacks": ("Attacks", bench_attacks.run),
         "adaptive": ("Adaptive attacks vs plain attacks, per defense family", bench_adaptive.run),
         "attacks-more": ("Closed-form attacks and a malicious server", bench_attacks_more.run),
+        "attacks-prior": ("GradInversion vs Inverting Gradients through BatchNorm", bench_attacks_more.run_prior),
         "demo": ("Demo (experiment 1 on embedded data)", bench_demo.run),
         "i2f-terms": ("I2F terms: their cost, and which one tracks a layer-wise cosine attack", _i2f_terms),
         "fedavg": ("FedAvg: I2F cost against the local steps τ, and the FedAvg attack", _fedavg),

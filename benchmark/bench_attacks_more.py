@@ -11,6 +11,8 @@ Each proof runs the attack on embedded data the way a trial does (the victim mod
   bootstrap interval over victims, against ``(1 − 1/k)^31``, the chance that an image has its bin to itself.
 - ``april`` (Lu et al. 2022) on embedded natural photographs (3×32×32) through the zoo's ViT and DeiT (patch 4,
   64 patches, width 192), one image per victim, timm's own initialization.
+- ``gradinversion`` (Yin et al. 2021) against Inverting Gradients on batches of 4 digits through a small BatchNorm
+  net whose running statistics are the public split's (:func:`run_prior`, section ``attacks-prior``).
 
 Run ``python -m dglbench.bench_attacks_more`` (prints) or ``python -m dglbench.bench --only attacks-more``.
 """
@@ -31,7 +33,16 @@ from dglbench.metrics import reconstruction_metrics
 from dglbench.trial import TrialConfig
 from torch import Tensor
 
-__all__ = ["bootstrap_interval", "measure_analytic", "measure_april", "measure_imprint", "run"]
+__all__ = [
+    "bn_digits_net",
+    "bootstrap_interval",
+    "measure_analytic",
+    "measure_april",
+    "measure_gradinversion",
+    "measure_imprint",
+    "run",
+    "run_prior",
+]
 
 ANALYTIC_VICTIMS = 64
 PSNR_CAP = 150.0  # an exact copy has infinite PSNR: capped so that medians and means stay numbers
@@ -189,6 +200,116 @@ def run() -> str:
         "| model | parameters | median PSNR (dB) [95 % CI] | min PSNR | s / victim |",
         "|---|---:|---:|---:|---:|",
         *(f"| {r['model']} | {r['params']:,} | {_db(r['psnr'])} | {r['min']:.1f} | {r['s']:.3f} |" for r in april),
+    ]
+    return "\n".join(lines)
+
+
+def bn_digits_net(seed: int = 0) -> torch.nn.Module:
+    """Two conv3x3-BatchNorm-ReLU blocks (8 channels) and a linear head for 1×8×8 digits, in eval mode.
+
+    Its BatchNorm running statistics are those of the digits' train split (cumulative averages over one pass), as a
+    global model trained on the client population would carry; the victims come from the test split.
+    """
+    from dglbench.datamodules import create_datamodule
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+        nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10),
+    )  # fmt: skip
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average
+    dm = create_datamodule("digits", num_victims=1)
+    dm.setup("predict")
+    model.train()
+    with torch.no_grad():
+        for images, _ in torch.utils.data.DataLoader(dm.train_dataset(), batch_size=64):
+            model(images)
+    return model.eval()
+
+
+GRADINVERSION_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("Inverting Gradients (published)", "inverting_gradients", {}),
+    ("GradInversion (published weights)", "gradinversion", {}),
+    ("GradInversion, α_grad = 1", "gradinversion", {"gradient_weight": 1.0}),
+    ("GradInversion, α_grad = 1, Langevin 0.01", "gradinversion", {"gradient_weight": 1.0, "langevin": 0.01}),
+    ("— the same without BN and group priors", "gradinversion",
+     {"gradient_weight": 1.0, "langevin": 0.01, "bn_weight": 0.0, "group_weight": 0.0}),
+]  # fmt: skip
+
+
+def measure_gradinversion(num_victims: int = 8, iterations: int = 200, restarts: int = 4) -> list[dict[str, Any]]:
+    """PSNR per victim (batches of 4 digits) of each variant at the same budget, and its paired gain over IG."""
+    from dglbench.datamodules import create_datamodule
+
+    dm = create_datamodule("digits", num_victims=num_victims, images_per_victim=4)
+    dm.setup("predict")
+    model, case = bn_digits_net(), Case()
+    mean, std = torch.tensor(dm.mean), torch.tensor(dm.std)
+    box = ((0 - mean) / std, (1 - mean) / std)
+    rows = []
+    for label, name, params in GRADINVERSION_VARIANTS:
+        attack = create_attack(name, max_iterations=iterations, restarts=restarts, **params)
+        psnr, start = [], time.perf_counter()
+        for j in range(num_victims):
+            v = dm.victim(j)
+            x, y = v["images"], v["labels"]
+            payload = make_payload(case, flat_gradient(model, x, y), y)
+            r = attack.run(model, payload, tuple(x.shape[1:]), box=box, generator=torch.Generator().manual_seed(j))
+            metrics = reconstruction_metrics(r.images, x, denormalize=dm.denormalize, normalize=dm.normalize)
+            psnr.append(min(float(metrics.psnr), PSNR_CAP) if r.status == "ok" else math.nan)
+        print(label, [round(p, 1) for p in psnr], flush=True)
+        rows.append({"label": label, "psnr": psnr, "s": (time.perf_counter() - start) / num_victims})
+    base = rows[0]["psnr"]
+    for r in rows:
+        r["median"] = bootstrap_interval(r["psnr"], np.median)
+        r["gain"] = bootstrap_interval([a - b for a, b in zip(r["psnr"], base)], np.median)
+        r["wins"] = sum(a > b for a, b in zip(r["psnr"], base))
+    return rows
+
+
+def flat_gradient(model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The client's FedSGD gradient (:func:`dglbench.gradients.flat_parameter_gradient`)."""
+    from dglbench.gradients import flat_parameter_gradient
+
+    return flat_parameter_gradient(model, x, y)
+
+
+def run_prior(num_victims: int = 8, iterations: int = 200, restarts: int = 4) -> str:
+    """The ``attacks-prior`` section: gradinversion vs Inverting Gradients (about 6 minutes on one CPU thread)."""
+    torch.set_num_threads(1)
+    rows = measure_gradinversion(num_victims, iterations, restarts)
+    published, tuned = rows[1], rows[3]
+
+    def verdict(row: dict[str, Any]) -> str:
+        low, high = row["gain"][1], row["gain"][2]
+        return "beats" if low > 0 else "loses to" if high < 0 else "does not clearly beat"
+
+    lines = [
+        f"**GradInversion at its published weights {verdict(published)} Inverting Gradients here; with the "
+        f"gradient term rescaled it {verdict(tuned)} it, and dropping the BatchNorm and group priors changes the "
+        f"median gain by {rows[4]['gain'][0] - tuned['gain'][0]:+.1f} dB.** On batches of 4 "
+        f"digits through a small BatchNorm net, at the same budget ({iterations} Adam steps × {restarts} restarts), "
+        f"GradInversion with breaching's weights (α_grad = 1e-4, a scale set for other models "
+        f"and data) reaches a median {published['median'][0]:.1f} dB against IG's {rows[0]['median'][0]:.1f} dB. "
+        f"With α_grad = 1 and breaching's Langevin 0.01 it gains "
+        f"a median {tuned['gain'][0]:+.1f} dB [{tuned['gain'][1]:+.1f}, {tuned['gain'][2]:+.1f}] per victim over IG "
+        f"(wins {tuned['wins']} of {num_victims}); the same without the BN and group priors gains "
+        f"{rows[4]['gain'][0]:+.1f} dB. Gains are paired per victim, 95 % bootstrap intervals.",
+        "",
+        f"Embedded digits 1×8×8, {num_victims} victims of 4 images (labels given), conv(8)-BN-ReLU ×2 + linear "
+        f"(`bn_digits_net`: running statistics of the train split, eval mode). Every attack: {iterations} steps, "
+        f"{restarts} restarts, the restart of least matching cost returned. PSNR (dB) after one-to-one pairing.",
+        "",
+        "| attack | median PSNR [95 % CI] | paired gain over IG [95 % CI] | wins vs IG | s / victim |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {r['label']} | {_db(r['median'])} | {r['gain'][0]:+.1f} [{r['gain'][1]:+.1f}, {r['gain'][2]:+.1f}] "
+            f"| {r['wins']}/{num_victims} | {r['s']:.1f} |"
+            for r in rows
+        ),
     ]
     return "\n".join(lines)
 
