@@ -1,6 +1,6 @@
 """The demo section of BENCHMARKS.md: what ``dglbench demo`` prints (its findings), its main table and wall time.
 
-The demo's plots are copied to ``docs/findings/demo/`` so that the README can show them.
+The demo's plots are copied to ``benchmark/findings/demo/`` so that the README can show them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 #: Plots of the demo shown in the README and here (stems in the demo's report folder).
 PLOTS = ("i2f_vs_error", "risk_ranking")
-DOCS = Path("docs/findings/demo")
+DOCS = Path("benchmark/findings/demo")
 
 
 def run() -> str:

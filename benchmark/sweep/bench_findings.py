@@ -1,7 +1,7 @@
 """BENCHMARKS.md sections of the paper's experiments on embedded data: findings, tables and plots of a sweep.
 
 Each section runs (or resumes) a shipped CPU spec into ``runs/bench/<spec>``, writes its report, copies the
-plots the section shows to ``docs/findings/<spec>/`` and returns the report's findings with those plots.
+plots the section shows to ``benchmark/findings/<spec>/`` and returns the report's findings with those plots.
 A resumed sweep skips trials whose records exist, so a section can be rewritten from earlier records of the
 same spec; the section says how many trials ran now and when the records were written.
 
@@ -29,7 +29,7 @@ from dglbench.sweep.report import Row, load_rows, write_report
 __all__ = ["run_calibration", "run_exp3", "run_exp4", "run_spec", "gap_factors"]
 
 RUNS = Path("runs/bench")
-DOCS = Path("docs/findings")
+DOCS = Path("benchmark/findings")
 
 
 def run_spec(spec: str, plots: tuple[str, ...], *, out: Path | None = None, docs: Path | None = None) -> dict[str, Any]:
