@@ -106,9 +106,29 @@ def pick_far_apart(candidates: Tensor, order: Tensor, count: int) -> Tensor:
     return torch.tensor(picked, dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class RowRatioAttack(Attack):
+    """What the closed-form attacks that divide a layer's weight gradient by its bias gradient share.
+
+    ``rtol`` leaves out rows whose bias gradient is below ``rtol · max|b|``; nothing iterates or restarts.
+    """
+
+    closed_form = True
+
+    rtol: float = 1e-6
+    boxed: bool = True
+    label_strategy: Literal["auto", "idlg", "llg"] = "auto"
+    restarts: int = 1
+
+    def check(self) -> None:
+        super().check()
+        if not 0 <= self.rtol < 1:
+            raise ConfigError(f"{self.registered_name()} needs 0 <= rtol < 1, got {self.rtol}")
+
+
 @ATTACKS.register("analytic_linear")
 @dataclass(frozen=True)
-class AnalyticLinear(Attack):
+class AnalyticLinear(RowRatioAttack):
     """Closed-form recovery of the input of a first fully connected layer with bias (Phong et al. 2017).
 
     Applies to FedSGD gradients of models whose first parameterized layer is an ``nn.Linear`` with bias on
@@ -128,18 +148,6 @@ class AnalyticLinear(Attack):
         >>> AnalyticLinear().closed_form, AnalyticLinear().updates
         (True, ('fedsgd',))
     """
-
-    closed_form = True
-
-    rtol: float = 1e-6
-    boxed: bool = True
-    label_strategy: Literal["auto", "idlg", "llg"] = "auto"
-    restarts: int = 1
-
-    def check(self) -> None:
-        super().check()
-        if not 0 <= self.rtol < 1:
-            raise ConfigError(f"analytic_linear needs 0 <= rtol < 1, got {self.rtol}")
 
     def applicable_model(self, model: nn.Module) -> str | None:
         if first_linear(model) is None:

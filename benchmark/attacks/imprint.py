@@ -44,11 +44,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from dglbench.attacks.analytic import parameter_slices
-from dglbench.attacks.base import ATTACKS, Attack, Box, Outcome, Victim
+from dglbench.attacks.analytic import RowRatioAttack, parameter_slices
+from dglbench.attacks.base import ATTACKS, Box, Outcome, Victim
 from dglbench.errors import ConfigError
 from torch import Tensor, nn
 
@@ -173,7 +173,7 @@ def _block(model: nn.Module) -> str | None:
 
 @ATTACKS.register("imprint")
 @dataclass(frozen=True)
-class Imprint(Attack):
+class Imprint(RowRatioAttack):
     """Robbing the Fed's closed-form recovery from a malicious imprint block (Fowl et al. 2022, section 3).
 
     Applies to FedSGD gradients under ``Case(server="malicious")`` of a model carrying an :class:`ImprintBlock`.
@@ -194,17 +194,6 @@ class Imprint(Attack):
     """
 
     servers = ("malicious",)
-    closed_form = True
-
-    rtol: float = 1e-6
-    boxed: bool = True
-    label_strategy: Literal["auto", "idlg", "llg"] = "auto"
-    restarts: int = 1
-
-    def check(self) -> None:
-        super().check()
-        if not 0 <= self.rtol < 1:
-            raise ConfigError(f"imprint needs 0 <= rtol < 1, got {self.rtol}")
 
     def applicable_model(self, model: nn.Module) -> str | None:
         if _block(model) is None:
