@@ -101,8 +101,8 @@ def register(add: Any) -> None:
     rep.add_argument("dir")
     rep.add_argument("--bootstrap", type=int, default=1000, help="resamples for 95%% intervals (0: no intervals)")
     rep.add_argument("--attack", default="worst",
-                     help="whose attack errors: 'worst' (per victim, the worst case over each trial's attack suite; "
-                          "the default) or one attack of the suites by name")  # fmt: skip
+                     help="whose attack errors: 'worst' (per victim, the worst case over each trial's optimization "
+                          "attacks, closed-form ones left out; the default) or one optimization attack")  # fmt: skip
     sub.add_parser("list", help="the shipped sweep specs")
     d = add("demo", _cmd_demo, "the main job on embedded data: experiment 1, correlation table and plots")
     d.add_argument("--out", default="demo_output")

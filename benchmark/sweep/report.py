@@ -19,8 +19,10 @@ PSNR and SSIM are already logarithmic / bounded, so their Pearson r is taken aga
 raw metric (a metric's scale comes from :data:`dglbench.metrics.METRICS`). Failed victims are counted
 (``failed``) and never enter a correlation silently.
 
-The attack error of a victim is, by default, the worst case over its trial's attack suite (per
+The attack error of a victim is, by default, the worst case over its trial's optimization attacks (per
 metric, the attack best for the attacker); ``attack="<name>"`` selects one attack of the suite instead.
+Closed-form attacks (registry flag ``closed_form``: ``analytic_linear``, ``imprint``, ``april``) rebuild images by
+algebra, which I2F does not model: they are left out of the worst case that is correlated, and naming one is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from dglbench.errors import DglbenchError
 from dglbench.io import atomic_write_text
 from dglbench.layout import RunLayout, read_trial_records
 from dglbench.metrics import METRICS, correlation
+from dglbench.record import worst_case
 from dglbench.sweep.findings import (
     calibration,
     display,
@@ -70,7 +73,8 @@ class Row:
 
     ``settings`` is the trial's configuration as dotted keys; ``group`` names the victim's group (its values of
     the sweep's grouping keys, ``group_keys``); ``strength`` is the value of its defense's declared strength
-    parameter (``strength_name``); ``floor`` is the mean-image ``‖x̂ − x‖`` (a chance floor).
+    parameter (``strength_name``); ``floor`` is the mean-image ``‖x̂ − x‖`` (a chance floor); ``attacks`` counts
+    the optimization attacks of the suite and ``closed_form`` names its closed-form ones (left out of ``targets``).
     """
 
     trial_id: str
@@ -89,6 +93,7 @@ class Row:
     group_keys: tuple[str, ...] = ()
     strength_name: str | None = None
     floor: float | None = None
+    closed_form: tuple[str, ...] = ()
 
 
 def strength_of(defense: str, params: dict[str, Any]) -> float | None:
@@ -123,14 +128,48 @@ def _predictors(estimate: Any) -> dict[str, float | None]:
     return out
 
 
+def closed_form(name: str) -> bool:
+    """Whether the registered attack ``name`` is closed-form (an attack not registered here counts as not)."""
+    from dglbench.attacks import ATTACKS
+
+    try:
+        return bool(getattr(ATTACKS.get(name), "closed_form", False))
+    except DglbenchError:
+        return False
+
+
+def _targets(rec: Any, attack: str) -> tuple[dict[str, float | None], str, str | None]:
+    """Attack errors, status and reason of one record: of ``attack``, or the worst case over its optimization
+    attacks (a victim whose optimization attacks all failed fails here, even if a closed-form attack succeeded)."""
+    if attack != WORST or not any(closed_form(a.name) for a in rec.attacks):
+        return {t: rec.metric(t, attack) for t in TARGETS}, rec.status, rec.reason
+    if rec.status != "ok":
+        return dict.fromkeys(TARGETS), rec.status, rec.reason
+    worst = worst_case([a for a in rec.attacks if not closed_form(a.name)])
+    if worst.status != "ok":
+        reason = f"no optimization attack in the suite succeeded: {worst.reason}"
+        return dict.fromkeys(TARGETS), "failed", reason
+    return {t: _finite(worst.metrics.get(t)) for t in TARGETS}, "ok", None
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 def load_rows(sweep_dir: str | Path, attack: str = WORST) -> list[Row]:
     """All victims of all finished trials in a sweep folder, each with its group.
 
     Args:
         sweep_dir: the sweep folder.
-        attack: whose attack errors: ``"worst"`` (the worst case over each trial's suite; for a one-attack
-            trial, that attack) or an attack of the suite by name (``None`` where a trial did not run it).
+        attack: whose attack errors: ``"worst"`` (the worst case over each trial's optimization attacks, closed-form
+            attacks left out; for a one-attack trial, that attack) or an optimization attack of the suite by name
+            (``None`` where a trial did not run it). A closed-form attack is refused: I2F does not model it.
     """
+    if attack != WORST and closed_form(attack):
+        raise DglbenchError(
+            f"attack {attack!r} is closed-form: I2F models optimization attacks, so a report makes no correlation "
+            "claim for it; pick an optimization attack of the suite or the worst case (default)"
+        )
     layout = RunLayout(sweep_dir)
     files = layout.trial_records()
     if not files:
@@ -141,14 +180,16 @@ def load_rows(sweep_dir: str | Path, attack: str = WORST) -> list[Row]:
     for path in files:
         for rec in read_trial_records(path):
             cfg = rec.config
+            targets, status, reason = _targets(rec, attack)
             floor = (rec.floors.get("mean_image") or {}).get("l2_error")
             rows.append(Row(
                 trial_id=rec.trial_id, victim_id=rec.victim_id, model=cfg["model"], defense=cfg["defense"],
                 strength=strength_of(cfg["defense"], cfg["defense_params"]),
-                params=json.dumps(cfg["defense_params"], sort_keys=True), status=rec.status, reason=rec.reason,
-                predictors=_predictors(rec.estimate), targets={t: rec.metric(t, attack) for t in TARGETS},
-                attacks=len(rec.attacks), settings=flatten(cfg), strength_name=strength_key(cfg["defense"]),
-                floor=floor,
+                params=json.dumps(cfg["defense_params"], sort_keys=True), status=status, reason=reason,
+                predictors=_predictors(rec.estimate), targets=targets,
+                attacks=sum(not closed_form(a.name) for a in rec.attacks),
+                closed_form=tuple(sorted({a.name for a in rec.attacks if closed_form(a.name)})),
+                settings=flatten(cfg), strength_name=strength_key(cfg["defense"]), floor=floor,
             ))  # fmt: skip
     return assign_groups(rows)
 
@@ -584,8 +625,15 @@ def write_report(
     elif any(r.attacks > 1 for r in rows):
         most = max(r.attacks for r in rows)
         found["text"].append(
-            f"Attack errors are the worst case per victim over each trial's attack suite (up to {most} "
+            f"Attack errors are the worst case per victim over each trial's optimization attacks (up to {most} "
             "attacks): per metric, the attack best for the attacker."
+        )
+    left_out = sorted({name for r in rows for name in r.closed_form})
+    if attack == WORST and left_out:
+        found["text"].append(
+            f"Closed-form attacks ({', '.join(left_out)}) are left out of the attack errors: they rebuild images by "
+            "algebra, which I2F does not model, so no correlation is claimed for them (their metrics are in the "
+            "trial records)."
         )
     md = _markdown(table, rank, found, Path(sweep_dir).name)
     paths = {

@@ -217,5 +217,41 @@ def test_the_suites_worst_case_is_the_default_attack_and_one_attack_can_be_selec
     assert [r.targets["l2_error"] for r in load_rows(tmp_path, "dlg")] == [4.0, 2.0, 3.5]
     assert [r.targets["l2_error"] for r in load_rows(tmp_path, "ig_sign")] == [None, None, None]  # not run
     md = write_report(tmp_path, bootstrap=0, plots=False)["markdown"]
-    assert "worst case per victim over each trial's attack suite (up to 2 attacks)" in md
+    assert "worst case per victim over each trial's optimization attacks (up to 2 attacks)" in md
     assert "of the attack 'dlg'" in write_report(tmp_path, bootstrap=0, plots=False, attack="dlg")["markdown"]
+
+
+def test_closed_form_attacks_are_left_out_of_the_correlated_worst_case(tmp_path, template):
+    """A closed-form attack's exact copy never becomes the error I2F is correlated with; naming one is refused."""
+    cfg = TrialConfig.from_dict({**template.config, "defense": "gaussian", "defense_params": {"sigma": 0.01}})
+    first = template.attacks[0]
+    ok = dataclasses.replace(template, trial_id=cfg.trial_id, config=cfg.to_dict())
+    records = []
+    # victim 0: IG 3.0, analytic 0.001 (exact); victim 1: IG failed, analytic 0.002; victim 2: IG 5.0, no analytic
+    for j, (ig, analytic) in enumerate([(3.0, 0.001), (None, 0.002), (5.0, None)]):
+        outcomes = [
+            dataclasses.replace(first, metrics={**first.metrics, "l2_error": ig})
+            if ig is not None
+            else dataclasses.replace(first, status="failed", reason="diverged", metrics=None)
+        ]
+        if analytic is not None:
+            outcomes.append(
+                dataclasses.replace(
+                    first,
+                    name="analytic_linear",
+                    key="analytic_linear",
+                    metrics={**first.metrics, "l2_error": analytic},
+                )  # fmt: skip
+            )
+        records.append(dataclasses.replace(ok, victim_id=j).with_attacks(outcomes))
+    assert [r.metric("l2_error") for r in records] == [0.001, 0.002, 5.0]  # the record's own worst case keeps it
+    write_trial_records(RunLayout(tmp_path).trial_record(cfg.trial_id), cfg.trial_id, cfg.to_dict(), records)
+    rows = load_rows(tmp_path)
+    assert [r.targets["l2_error"] for r in rows] == [3.0, None, 5.0]
+    assert [r.status for r in rows] == ["ok", "failed", "ok"]
+    assert "no optimization attack in the suite succeeded" in rows[1].reason
+    assert [r.closed_form for r in rows] == [("analytic_linear",), ("analytic_linear",), ()]
+    md = write_report(tmp_path, bootstrap=0, plots=False)["markdown"]
+    assert "Closed-form attacks (analytic_linear) are left out of the attack errors" in md
+    with pytest.raises(DglbenchError, match="'analytic_linear' is closed-form"):
+        load_rows(tmp_path, "analytic_linear")
