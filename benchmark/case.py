@@ -46,6 +46,8 @@ class Case:
             the server modifies the model it sends (the client cannot tell), here by the imprint block of
             "Robbing the Fed" in front of it (:func:`dglbench.attacks.imprint.imprint_model`); the victim
             model, its shared quantity and I2F are those of the modified model.
+        imprint_bins: under a malicious server, the bins of its imprint block (256; more bins separate more
+            images of a large batch, at a larger layer: see :mod:`dglbench.attacks.imprint`). Ignored otherwise.
         update: the client's update rule, known to the attacker. ``"fedsgd"`` (the default): the client
             shares its gradient ``g``. ``"fedavg"``: it runs ``local_epochs · local_steps`` local SGD steps of
             rate ``local_lr`` from ``θ_0`` on mini-batches of ``local_batch_size`` of its images in a fixed
@@ -78,6 +80,7 @@ class Case:
     labels: Literal["given", "inferred"] = "given"
     server_knows_batch_size: bool = True
     server: Literal["honest", "malicious"] = "honest"
+    imprint_bins: Annotated[int, Range(ge=2)] = 256
     update: Literal["fedsgd", "fedavg"] = "fedsgd"
     local_steps: Count = 5
     local_lr: Annotated[float, Range(gt=0)] = 1e-4

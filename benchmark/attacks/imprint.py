@@ -18,7 +18,8 @@ module: ``breaching/cases/malicious_modifications/imprint.py`` (``ImprintBlock``
 the first at −10) and ``breaching/attacks/analytic_attack.py`` (``ImprintAttacker``: differences of consecutive
 rows, then the ratio, clamped to the pixel box; extra hits cut, missing ones filled with zeros).
 
-Settings (the server's, of the block): ``bins`` :data:`IMPRINT_BINS` = 256. The paper and breaching leave the
+Settings (the server's, of the block): ``bins`` :data:`IMPRINT_BINS` = 256, set per trial by
+``case: {server: malicious, imprint_bins: k}``. The paper and breaching leave the
 number of bins to the experiment (breaching's ``malicious-model-rtf`` case uses 64 for its default batch); 256 bins
 expect ``(1 − 1/256)^31`` = 89 % of a 32-image batch alone in a bin.
 
@@ -64,7 +65,7 @@ __all__ = [
     "imprint_victim_model",
 ]
 
-#: bins of the imprint block a malicious server inserts (see the module docstring).
+#: bins of the imprint block a malicious server inserts by default (see the module docstring; ``case.imprint_bins``).
 IMPRINT_BINS = 256
 #: at most this many public images estimate the statistic's distribution.
 PUBLIC_IMAGES = 4096

@@ -88,10 +88,10 @@ def test_applies_only_to_a_malicious_server_and_a_model_with_the_block():
     assert attack.closed_form and create_attack("inverting_gradients").applicable(MALICIOUS) is None
 
 
-def _trial(server: str) -> TrialConfig:
+def _trial(server: str, **case) -> TrialConfig:
     return TrialConfig.from_dict({
         "dataset_params": {"num_victims": 1, "images_per_victim": 32, "image_size": 8}, "model": "mlp_1x256",
-        "lpips": False, "estimate": False, "case": {"server": server}, "attacks": [{"name": "imprint"}],
+        "lpips": False, "estimate": False, "case": {"server": server, **case}, "attacks": [{"name": "imprint"}],
     })  # fmt: skip
 
 
@@ -106,11 +106,12 @@ def test_a_malicious_trial_attacks_the_imprinted_victim_and_an_honest_one_skips_
     assert "server='honest'" in honest.reason
 
 
-def test_the_malicious_victim_model_is_the_imprinted_one():
+@pytest.mark.parametrize("bins", [None, 2, 64])
+def test_the_malicious_victim_model_is_the_imprinted_one(bins):
     from dglbench.datamodules import create_datamodule
     from dglbench.modules import LeakageModule
 
-    module = LeakageModule(_trial("malicious"))
+    module = LeakageModule(_trial("malicious", **({} if bins is None else {"imprint_bins": bins})))
     dm = create_datamodule("digits", num_victims=1, images_per_victim=32, image_size=8)
 
     class _Trainer:
@@ -119,4 +120,9 @@ def test_the_malicious_victim_model_is_the_imprinted_one():
     module._trainer = _Trainer()  # setup reads the data module from the trainer only
     module.setup("predict")
     assert isinstance(module.victim_model, ImprintedModel)
-    assert module.victim_model.imprint.encode.out_features == 256
+    assert module.victim_model.imprint.encode.out_features == (256 if bins is None else bins)
+
+
+def test_the_imprint_bin_count_is_checked_before_work_starts():
+    with pytest.raises(ConfigError, match="imprint_bins"):
+        _trial("malicious", imprint_bins=1)
