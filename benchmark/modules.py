@@ -178,9 +178,11 @@ class SuiteAttack:
 def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
     """The trial's attacks, then (with ``config.adaptive``) the adaptive attacks ``defense`` declares.
 
-    An adaptive attack gets the suite's budget (``max_iterations``, ``restarts`` of the first listed
-    attack, where it takes them) overridden by the defense's mechanism parameters. Keys are the attack
-    names, ``name#2``, ``name#3``... when a name repeats.
+    An adaptive attack is the suite's attack it extends, knowing the defense: it takes the settings of the
+    first listed attack whose class it subclasses (``ig_l2`` those of ``inverting_gradients``: budget, step size,
+    TV weight...; every setting it accepts), or failing that the budget (``max_iterations``, ``restarts``) of the
+    first listed attack, overridden by the defense's mechanism parameters. Keys are the attack names,
+    ``name#2``, ``name#3``... when a name repeats.
     """
     import dataclasses as dc
 
@@ -189,11 +191,12 @@ def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
 
     specs = [(a["name"], dict(a["params"]), False) for a in config.attacks]
     if config.adaptive and specs:
-        budget = {k: v for k, v in specs[0][1].items() if k in _BUDGET_KEYS}
         for name, params in adaptive_attacks_for(defense):
             cls = ATTACKS.get(name)
-            accepted = {f.name for f in dc.fields(cls)} if dc.is_dataclass(cls) else set(budget)
-            specs.append((name, {**{k: v for k, v in budget.items() if k in accepted}, **params}, True))
+            parent = next((p for n, p, _ in specs if _extends(cls, ATTACKS.get(n))), None)
+            inherited = parent if parent is not None else {k: v for k, v in specs[0][1].items() if k in _BUDGET_KEYS}
+            accepted = {f.name for f in dc.fields(cls)} if dc.is_dataclass(cls) else set(inherited)
+            specs.append((name, {**{k: v for k, v in inherited.items() if k in accepted}, **params}, True))
     suite, seen = [], {}
     for name, params, adaptive in specs:
         seen[name] = seen.get(name, 0) + 1
@@ -203,6 +206,10 @@ def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
 
 
 _BUDGET_KEYS = ("max_iterations", "restarts")
+
+
+def _extends(cls: Any, base: Any) -> bool:
+    return isinstance(cls, type) and isinstance(base, type) and issubclass(cls, base)
 
 
 class I2FShare:

@@ -319,7 +319,7 @@ def test_attack_suite_with_the_defenses_adaptive_attack_and_its_worst_case():
     for r in records:
         assert r.ok and [a.key for a in r.attacks] == ["inverting_gradients", "dlg", "ig_sign"]
         assert [a.adaptive for a in r.attacks] == [False, False, True]
-        assert r.attacks[2].params["max_iterations"] == 20  # the suite's budget (its first attack's)
+        assert r.attacks[2].params["max_iterations"] == 20  # the budget of the attack it extends (IG's)
         assert all(a.status == "ok" for a in r.attacks) and (r.worst.attacks, r.worst.failed) == (3, 0)
         for metric, pick in (("psnr", max), ("ssim", max), ("l2_error", min), ("rmse", min)):
             values = {a.key: a.metrics[metric] for a in r.attacks}
@@ -332,6 +332,22 @@ def test_attack_suite_with_the_defenses_adaptive_attack_and_its_worst_case():
         assert [o.key for o in a.attacks] == ["inverting_gradients"]
         assert a.attacks[0].metrics["psnr"] == pytest.approx(r.attacks[0].metrics["psnr"], rel=1e-6)
     assert config(adaptive=False).trial_id != config().trial_id
+
+
+def test_an_adaptive_attack_takes_the_settings_of_the_suite_attack_it_extends():
+    """DLG listed first must not hand its 300 L-BFGS steps to Gaussian noise's adaptive IG: ig_l2 extends IG."""
+    from dglbench.defenses import create_defense
+    from dglbench.modules import attack_suite
+
+    ig = {"max_iterations": 4000, "lr": 0.1, "tv_weight": 1e-4, "restarts": 2, "cosine_scope": "global"}
+    suite = [{"name": "dlg", "params": {"max_iterations": 300, "lr": 1.0, "restarts": 1}},
+             {"name": "inverting_gradients", "params": ig}]  # fmt: skip
+    (adaptive,) = [a for a in attack_suite(config(attacks=suite), create_defense("gaussian", sigma=0.1)) if a.adaptive]
+    assert adaptive.name == "ig_l2" and adaptive.params == ig
+    assert (adaptive.attack.max_iterations, adaptive.attack.tv_weight, adaptive.attack.restarts) == (4000, 1e-4, 2)
+    # no suite attack it extends: only the first attack's budget
+    only_dlg = attack_suite(config(attacks=suite[:1] + [{"name": "idlg", "params": {}}]), create_defense("gaussian"))
+    assert [a.params for a in only_dlg if a.adaptive] == [{"max_iterations": 300, "restarts": 1}]
 
 
 @pytest.mark.parametrize("suite", ["two", "one"])
