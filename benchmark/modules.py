@@ -173,6 +173,7 @@ class SuiteAttack:
     params: dict[str, Any]
     adaptive: bool
     attack: Any
+    skip: str | None = None
 
 
 def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
@@ -180,32 +181,37 @@ def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
 
     An adaptive attack is the suite's attack it extends, knowing the defense: it takes the settings of the
     first listed attack whose class it subclasses (``ig_l2`` those of ``inverting_gradients``: budget, step size,
-    TV weight...; every setting it accepts), or failing that the budget (``max_iterations``, ``restarts``) of the
-    first listed attack, overridden by the defense's mechanism parameters. Keys are the attack names,
-    ``name#2``, ``name#3``... when a name repeats.
+    TV weight...; every setting it accepts), overridden by the defense's mechanism parameters. Where the suite
+    lists no attack it extends, it has no budget to take and is recorded as skipped, with that reason. Keys are
+    the attack names, ``name#2``, ``name#3``... when a name repeats.
     """
     import dataclasses as dc
 
     from dglbench.attacks import ATTACKS, create_attack
     from dglbench.defenses.base import adaptive_attacks_for
 
-    specs = [(a["name"], dict(a["params"]), False) for a in config.attacks]
+    specs: list[tuple[str, dict[str, Any], bool, str | None]] = [
+        (a["name"], dict(a["params"]), False, None) for a in config.attacks
+    ]
     if config.adaptive and specs:
         for name, params in adaptive_attacks_for(defense):
             cls = ATTACKS.get(name)
-            parent = next((p for n, p, _ in specs if _extends(cls, ATTACKS.get(n))), None)
-            inherited = parent if parent is not None else {k: v for k, v in specs[0][1].items() if k in _BUDGET_KEYS}
-            accepted = {f.name for f in dc.fields(cls)} if dc.is_dataclass(cls) else set(inherited)
-            specs.append((name, {**{k: v for k, v in inherited.items() if k in accepted}, **params}, True))
+            parent = next((p for n, p, _, _ in specs if _extends(cls, ATTACKS.get(n))), None)
+            accepted = {f.name for f in dc.fields(cls)} if dc.is_dataclass(cls) else set(parent or ())
+            skip = None
+            if parent is None:
+                bases = sorted(n for n in ATTACKS.list() if n != name and _extends(cls, ATTACKS.get(n)))
+                skip = (
+                    f"adaptive attack {name} extends {' / '.join(bases) or 'an attack'}, which the suite does not "
+                    "list: it has no budget to take"
+                )
+            specs.append((name, {**{k: v for k, v in (parent or {}).items() if k in accepted}, **params}, True, skip))
     suite, seen = [], {}
-    for name, params, adaptive in specs:
+    for name, params, adaptive, skip in specs:
         seen[name] = seen.get(name, 0) + 1
         key = name if seen[name] == 1 else f"{name}#{seen[name]}"
-        suite.append(SuiteAttack(key, name, params, adaptive, create_attack(name, **params)))
+        suite.append(SuiteAttack(key, name, params, adaptive, create_attack(name, **params), skip))
     return suite
-
-
-_BUDGET_KEYS = ("max_iterations", "restarts")
 
 
 def _extends(cls: Any, base: Any) -> bool:
@@ -556,7 +562,7 @@ class LeakageModule(pl.LightningModule):
         for i, member in enumerate(self.suite):
             salt = "attack" if i == 0 else f"attack:{member.key}"  # the first attack's draws as before suites
             gens = [_victim_generator(self.config.seed, v.victim_id, self.device, salt) for v in victims]
-            skip = member.attack.applicable(self.config.case_obj, self.victim_model)
+            skip = member.skip or member.attack.applicable(self.config.case_obj, self.victim_model)
             if skip is not None:  # not a failure and not in the worst case; the reason goes into the record
                 for v in victims:
                     v.outcomes.append(self._outcome(member, None, "skipped", skip))

@@ -345,9 +345,13 @@ def test_an_adaptive_attack_takes_the_settings_of_the_suite_attack_it_extends():
     (adaptive,) = [a for a in attack_suite(config(attacks=suite), create_defense("gaussian", sigma=0.1)) if a.adaptive]
     assert adaptive.name == "ig_l2" and adaptive.params == ig
     assert (adaptive.attack.max_iterations, adaptive.attack.tv_weight, adaptive.attack.restarts) == (4000, 1e-4, 2)
-    # no suite attack it extends: only the first attack's budget
+    # no suite attack it extends: nothing to take its budget from, so it is skipped with the reason
     only_dlg = attack_suite(config(attacks=suite[:1] + [{"name": "idlg", "params": {}}]), create_defense("gaussian"))
-    assert [a.params for a in only_dlg if a.adaptive] == [{"max_iterations": 300, "restarts": 1}]
+    (skipped,) = [a for a in only_dlg if a.adaptive]
+    assert skipped.skip == (
+        "adaptive attack ig_l2 extends inverting_gradients, which the suite does not list: it has no budget to take"
+    )
+    assert all(a.skip is None for a in only_dlg if not a.adaptive)
 
 
 @pytest.mark.parametrize("suite", ["two", "one"])
