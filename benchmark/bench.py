@@ -36,6 +36,7 @@ def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
         "attacks-more": ("Closed-form attacks and a malicious server", bench_attacks_more.run),
         "attacks-prior": ("GradInversion vs Inverting Gradients through BatchNorm", bench_attacks_more.run_prior),
         "demo": ("Demo (experiment 1 on embedded data)", bench_demo.run),
+        "sweep-share": ("Exp. 1 sweep wall time: I2F once per victim vs once per trial", _sweep_share),
         "i2f-terms": ("I2F terms: their cost, and which one tracks a layer-wise cosine attack", _i2f_terms),
         "fedavg": ("FedAvg: I2F cost against the local steps τ, and the FedAvg attack", _fedavg),
         "exp7": ("Exp. 7: does I2F still track the attack beyond one FedSGD gradient at init?", _exp7),
@@ -54,6 +55,12 @@ def _findings(which: str) -> Callable[[], str]:
         return getattr(bench_findings, f"run_{which}")()
 
     return run
+
+
+def _sweep_share() -> str:
+    from dglbench.sweep import bench_share
+
+    return bench_share.run()
 
 
 def _fedavg() -> str:

@@ -50,6 +50,7 @@ def run_sweep(
     max_trials: int | None = None,
     num_nodes: int = 1,
     force: bool = False,
+    share_i2f: bool = True,
 ) -> SweepResult:
     """Run every trial of ``spec`` that has no valid record file in ``out_dir`` yet.
 
@@ -65,6 +66,9 @@ def run_sweep(
         max_trials: stop after running this many trials (for smoke runs; the rest stay pending).
         force: run a spec other than the one the folder already holds (its spec.yaml and sweep.json are
             replaced; the report then covers both sweeps' records).
+        share_i2f: compute each victim's I2F once per group of trials that differ only in the defense (the
+            default); ``False``: every trial computes its own, as before grouping (records are equal either way;
+            ``python -m dglbench.bench --only sweep-share`` measures the difference).
     """
     sweep = spec if isinstance(spec, SweepSpec) else load_spec(spec)
     out = check_output_dir(out_dir)
@@ -73,7 +77,7 @@ def run_sweep(
         lock.acquire()
     try:
         check_same_spec(RunLayout(out).spec, sweep.source, force)
-        return _run_sweep(sweep, out, devices, accelerator, progress, max_trials, num_nodes, force)
+        return _run_sweep(sweep, out, devices, accelerator, progress, max_trials, num_nodes, force, share_i2f)
     finally:
         lock.release()
 
@@ -87,6 +91,7 @@ def _run_sweep(
     max_trials: int | None,
     num_nodes: int,
     force: bool,
+    share_i2f: bool = True,
 ) -> SweepResult:
     layout = RunLayout(out)
     trials = sweep.trials()
@@ -101,7 +106,8 @@ def _run_sweep(
         },
     )
     ran = skipped = failed = 0
-    shares = _i2f_shares([t for t in trials if not is_valid_record(layout.trial_record(t.trial_id))])
+    pending = [t for t in trials if not is_valid_record(layout.trial_record(t.trial_id))]
+    shares = _i2f_shares(pending) if share_i2f else {}
     bar = tqdm(trials, desc=f"sweep {sweep.name}", unit="trial", disable=not (progress and is_global_zero()))
     for cfg in bar:
         if is_global_zero():  # a record cut short or edited by hand is not done: moved aside, re-run

@@ -162,3 +162,15 @@ def test_a_failing_group_estimate_falls_back_to_each_trial(tmp_path, monkeypatch
     monkeypatch.setattr(modules, "estimate_i2f", estimate_i2f)
     for t in load_spec(spec()).trials():
         assert_same_estimates(read(tmp_path / "sw", t.trial_id), run_trial(t, progress=False))
+
+
+def test_share_i2f_off_estimates_every_trial_on_its_own_with_the_same_numbers(tmp_path, counted):
+    """What the sweep-share benchmark compares: one Lanczos run per trial (3 trials, 2 victims vectorized)."""
+    trials = load_spec(spec()).trials()
+    run_sweep(spec(), tmp_path / "alone", progress=False, share_i2f=False)
+    assert counted["lanczos"] == 3
+    counted.update(operators=0, lanczos=0)
+    run_sweep(spec(), tmp_path / "shared", progress=False)
+    assert counted["lanczos"] == 2
+    for t in trials:
+        assert_same_estimates(read(tmp_path / "shared", t.trial_id), read(tmp_path / "alone", t.trial_id))
