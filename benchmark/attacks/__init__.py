@@ -17,6 +17,8 @@
                             imprint block; images alone in a brightness bin recovered exactly
 ``april``                   :class:`April` — Lu et al. 2022: a ViT's patches from its position
                             embedding's gradient, by one linear solve
+``april_opt``               :class:`AprilOptimization` — Lu et al. 2022, section 3.3: Inverting
+                            Gradients plus a cosine on the position embedding's gradient
 ``gradinversion``           :class:`GradInversion` — Yin et al. 2021: gradient matching with BatchNorm-
                             statistics and group-consistency priors, Langevin Adam, label restoration
 ==========================  ======================================================================
@@ -27,8 +29,8 @@ one victim and ``run_many(model, payloads, image_shape, ...) -> list[AttackResul
 Example:
     >>> from dglbench.attacks import ATTACKS, create_attack
     >>> ATTACKS.list()  # doctest: +NORMALIZE_WHITESPACE
-    ['analytic_linear', 'april', 'dlg', 'gradinversion', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1', 'ig_l2',
-     'ig_masked', 'ig_quantized', 'ig_sign', 'imprint', 'inverting_gradients']
+    ['analytic_linear', 'april', 'april_opt', 'dlg', 'gradinversion', 'idlg', 'ig_clipped', 'ig_fedavg', 'ig_l1',
+     'ig_l2', 'ig_masked', 'ig_quantized', 'ig_sign', 'imprint', 'inverting_gradients']
     >>> create_attack("inverting_gradients", max_iterations=200, restarts=2).max_iterations
     200
 """
@@ -39,7 +41,7 @@ from typing import Any
 
 from dglbench.attacks.adaptive import AdaptiveInvertingGradients
 from dglbench.attacks.analytic import AnalyticLinear
-from dglbench.attacks.april import April
+from dglbench.attacks.april import April, AprilOptimization
 from dglbench.attacks.base import ATTACKS, Attack, AttackResult
 from dglbench.attacks.dlg import DLG, IDLG
 from dglbench.attacks.fedavg import InvertingGradientsFedAvg
@@ -53,6 +55,7 @@ __all__ = [
     "AdaptiveInvertingGradients",
     "AnalyticLinear",
     "April",
+    "AprilOptimization",
     "DLG",
     "GradInversion",
     "IDLG",

@@ -204,7 +204,9 @@ def test_objective_overflow_during_the_run_is_a_failed_result():
 
 def test_registry_and_configuration_errors():
     assert ATTACKS.list("*dlg") + ATTACKS.list("inv*") == ["dlg", "idlg", "inverting_gradients"]  # + adaptive ig_*
-    listed = "available: analytic_linear, april, dlg, gradinversion, idlg, ig_clipped, .*, inverting_gradients"
+    listed = (
+        "available: analytic_linear, april, april_opt, dlg, gradinversion, idlg, ig_clipped, .*, inverting_gradients"
+    )
     with pytest.raises(UnknownNameError, match=listed):
         create_attack("deep_leakage")
     for bad in (
