@@ -204,7 +204,7 @@ def suite_summaries(track: Track, trial_id: str, records: list[VictimRecord | di
     from dglbench.leaderboard.protocol import succeeded
 
     recs = [as_record(r) for r in records]
-    eps0 = repr(float(track.estimate.eps[0]))
+    eps0 = repr(float(track.estimate.eps[0])) if track.estimate is not None else ""
     lower = [_finite(r.estimate.lower_bound) if r.estimate else None for r in recs]
     exact = [_finite(r.estimate.exact.get(eps0)) if r.estimate else None for r in recs]
     out = []
@@ -235,7 +235,7 @@ def suite_summaries(track: Track, trial_id: str, records: list[VictimRecord | di
 
 def suite_worst_case(track: Track, records: list[VictimRecord | dict[str, Any]]) -> WorstCaseSummary:
     """Protocol 2: per victim the worst case over the attacks that succeeded on it, its leakage, and summaries."""
-    from dglbench.leaderboard.protocol import bootstrap_interval, succeeded, victim_leakage
+    from dglbench.leaderboard.protocol import bootstrap_interval, leakage_value, succeeded, victim_leakage
 
     recs = [as_record(r) for r in records]
     keys = _attack_keys(recs)
@@ -253,7 +253,9 @@ def suite_worst_case(track: Track, records: list[VictimRecord | dict[str, Any]])
         w = worst_case(ok) if ok else None
         per_victim.append(w)
         floors = _mean_image_floors(r)
-        leakage.append(victim_leakage(w.metrics, floors, leak_metrics) if w else None)
+        # the worst value of each leakage metric, an exact copy's PSNR (+inf; null in records) included
+        worst = {m: max(leakage_value(o.metrics or {}, m) for o in ok) for m in leak_metrics} if ok else {}
+        leakage.append(victim_leakage(worst, floors, leak_metrics) if w else None)
     source: dict[str, dict[str, int]] = {m: {} for m in track.metrics}
     for w in per_victim:
         for m in track.metrics:

@@ -63,6 +63,14 @@ BIBTEX: dict[str, str] = {
   eprint = {2003.14053},
   archivePrefix = {arXiv}
 }""",
+    "fowl2022robbing": """@inproceedings{fowl2022robbing,
+  title = {Robbing the Fed: Directly Obtaining Private Data in Federated Learning with Modified Models},
+  author = {Fowl, Liam and Geiping, Jonas and Czaja, Wojciech and Goldblum, Micah and Goldstein, Tom},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year = {2022},
+  eprint = {2110.13057},
+  archivePrefix = {arXiv}
+}""",
     "sun2021soteria": """@inproceedings{sun2021soteria,
   title = {Soteria: Provable Defense Against Privacy Leakage in Federated Learning From Representation Perspective},
   author = {Sun, Jingwei and Li, Ang and Wang, Binghui and Yang, Huanrui and Li, Hai and Chen, Yiran},

@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dglbench.errors import ConfigError
@@ -48,6 +48,7 @@ __all__ = [
     "accounting_params",
     "bootstrap_interval",
     "check_track",
+    "leakage_value",
     "rank_ranges",
     "relative",
     "succeeded",
@@ -86,7 +87,8 @@ def check_track(track: Track) -> None:
 
 
 def trial_configs(track: Track, defense: str, params: dict[str, Any], data_root: str | None = None) -> list[Any]:
-    """The one trial of a protocol-2 entry: the track's suite plus the defense's adaptive attacks, with I2F."""
+    """The one trial of a protocol-2 entry: the track's suite plus the defense's adaptive attacks, with I2F
+    unless the track has no ``estimate`` block."""
     from dglbench.trial import TrialConfig
 
     data_params = dict(track.data.params)
@@ -95,14 +97,16 @@ def trial_configs(track: Track, defense: str, params: dict[str, Any], data_root:
     data = {
         "dataset": track.data.dataset, "dataset_params": data_params,
         "model": track.model.name, "model_params": dict(track.model.params),
-        "init": track.model.init, "init_seed": track.model.init_seed,
+        "init": track.model.init, "init_seed": track.model.init_seed, "model_state": track.model.state,
         "defense": defense, "defense_params": dict(params),
         "attacks": [{"name": a.name, "params": dict(a.params)} for a in track.attacks], "adaptive": True,
-        "estimate": True, "eps": list(track.estimate.eps),
-        "lower_bound_tol": track.estimate.lower_bound_tol, "cg_tol": track.estimate.cg_tol,
-        "cg_max_iter": track.estimate.cg_max_iter, "case": dict(track.case), "seed": track.seed,
+        "estimate": track.estimate is not None, "case": dict(track.case), "seed": track.seed,
         "victims_per_step": track.victims_per_step, "lpips": track.lpips, "dtype": track.dtype,
     }  # fmt: skip
+    if track.estimate is not None:  # else the trial's default I2F settings, unused
+        est = track.estimate
+        data.update(eps=list(est.eps), lower_bound_tol=est.lower_bound_tol, cg_tol=est.cg_tol,
+                    cg_max_iter=est.cg_max_iter)  # fmt: skip
     return [TrialConfig.from_dict(data)]
 
 
@@ -140,14 +144,33 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def leakage_value(metrics: Mapping[str, Any], metric: str) -> float | None:
+    """An attack's ``metric`` for the leakage score: its value, ``+inf`` for an exact copy, ``None`` if not measured.
+
+    A batch's PSNR is the mean over its images, so it is ``+inf`` as soon as one image is copied exactly, as the
+    closed-form attacks do (imprint, analytic recovery), and records store a non-finite number as null. A PSNR that
+    is null (or ``+inf``) beside a finite MSE of the same images is that exact copy: PSNR is finite or ``+inf``
+    whenever the images are finite, and a diverged attack's MSE is not finite.
+
+    Example:
+        >>> leakage_value({"psnr": None, "mse": 0.1}, "psnr"), leakage_value({"psnr": None, "mse": None}, "psnr")
+        (inf, None)
+    """
+    value = metrics.get(metric)
+    if metric == "psnr" and (value is None or value == math.inf) and _finite(metrics.get("mse")):
+        return math.inf
+    return float(value) if _finite(value) else None
+
+
 def succeeded(outcome: AttackOutcome, metrics: Sequence[str]) -> bool:
-    """The attack ran on the victim, did not diverge (finite final loss) and gave finite ``metrics``."""
+    """The attack ran on the victim, did not diverge (finite final loss) and gave ``metrics``
+    (finite, or a PSNR of ``+inf`` for an exact copy: :func:`leakage_value`)."""
     if not outcome.ok:
         return False
     if outcome.final_loss is not None and not _finite(outcome.final_loss):
         return False
     values = outcome.metrics or {}
-    return all(_finite(values.get(m)) for m in metrics)
+    return all(leakage_value(values, m) is not None for m in metrics)
 
 
 def relative(metric: str, value: float, floor: float) -> float:
@@ -160,11 +183,14 @@ def relative(metric: str, value: float, floor: float) -> float:
 
 
 def victim_leakage(worst: dict[str, float | None], floors: dict[str, Any], metrics: Sequence[str]) -> float | None:
-    """One victim's leakage: the largest :func:`relative` score over ``metrics``, at least 0 (``None``: no value)."""
+    """One victim's leakage: the largest :func:`relative` score over ``metrics``, at least 0 (``None``: no value).
+
+    A PSNR of ``+inf`` (an exact copy, :func:`leakage_value`) scores 1.
+    """
     scores = []
     for m in metrics:
         value, floor = worst.get(m), floors.get(m)
-        if not (_finite(value) and _finite(floor)):
+        if not ((_finite(value) or (m == "psnr" and value == math.inf)) and _finite(floor)):
             return None
         scores.append(relative(m, float(value), float(floor)))
     return max(0.0, *scores)

@@ -69,7 +69,8 @@ def rule_v2(board: Board) -> str:
         f"{t.ranking.max_accuracy_drop:g} points of the undefended FedSGD accuracy are ranked by their mean "
         "leakage (lower first), where a victim's leakage is the worst case over every attack of the suite that "
         "succeeded on it (the track's published attacks and the defense's adaptive attacks; an attack whose loss "
-        "or metrics are not finite has failed there) of the larger of "
+        "or metrics are not finite has failed there, but for the PSNR +inf of an exact copy, which scores 1) of "
+        "the larger of "
         + " and ".join(METRIC_LABELS[m] for m in t.ranking.leakage)
         + " each as the fraction of the way from a blind guess (the data set's mean image; "
         f"{'floors: ' + shown if shown else 'floors in the records'}) to a perfect reconstruction, at least 0. "
@@ -153,7 +154,7 @@ def markdown_table(board: Board) -> str:
 def csv_table(board: Board) -> str:
     """Every number of every entry of a track, one row per entry."""
     t = board.track
-    eps_keys = [repr(float(e)) for e in t.estimate.eps]
+    eps_keys = [repr(float(e)) for e in t.estimate.eps] if t.estimate is not None else []
     head = ["track", "rank", "entry_id", "defense", "params", "source", "test_accuracy", "undefended_test_accuracy",
             "accuracy_drop", "eligible", "pareto", "ranking_attack", "ranking_value"]  # fmt: skip
     for a in t.attacks:

@@ -154,7 +154,7 @@ def build_entry(
             if track.protocol == 2
             else privacy_summaries(track, trial_ids, groups)
         ),
-        i2f=i2f_summary(trial_ids[0], groups[trial_ids[0]]),
+        i2f=i2f_summary(trial_ids[0], groups[trial_ids[0]]) if track.estimate is not None else None,
         utility=UtilitySummary(
             gradient_cosine=gradient_cosine(groups[trial_ids[0]]),
             fedsgd=FedSGDResult(

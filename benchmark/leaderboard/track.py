@@ -81,12 +81,21 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The victim model: a timm name, its arguments, and the seeded initialization."""
+    """The victim model: a timm name, its arguments, the seeded initialization and its training state.
+
+    ``state`` is the trials' ``model_state`` (:mod:`dglbench.model_state`): ``"init"`` (the default) or
+    ``{trained_steps: k, lr, batch_size, seed}``, trained on the split the victims are not drawn from. The
+    FedSGD utility run always starts from the initialization (:mod:`dglbench.leaderboard.utility`).
+    """
 
     name: str
     params: dict[str, Any]
     init: str
     init_seed: int
+    state: str | dict[str, Any] = "init"
+
+    #: ``state`` may be left out (``init``); tracks that leave it out keep the content hash they had before the key.
+    __optional_keys__: ClassVar[tuple[str, ...]] = ("state",)
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,11 @@ class Tolerances:
 
 @dataclass(frozen=True)
 class Track:
-    """A leaderboard track (see the module docstring); every key is required in the YAML file."""
+    """A leaderboard track (see the module docstring); every key is required in the YAML file.
+
+    ``estimate: null`` (protocol 2 only): the trials do not estimate I2F, for a suite of closed-form attacks that
+    I2F does not model and whose cost the estimate would exceed many times over.
+    """
 
     id: str
     version: int
@@ -173,7 +186,7 @@ class Track:
     dtype: Literal["float32", "float64"]
     victims_per_step: int
     lpips: bool
-    estimate: EstimateSpec
+    estimate: EstimateSpec | None
     attacks: list[AttackSpec]
     metrics: list[str]
     utility: UtilitySpec
@@ -218,7 +231,9 @@ class Track:
         n = self.data.params.get("num_victims")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"track {self.id}: data.params.num_victims must be a positive integer, got {n!r}")
-        if not self.estimate.eps:
+        if self.estimate is None and self.protocol == 1:
+            raise ConfigError(f"track {self.id}: protocol-1 tracks estimate I2F; give the estimate block")
+        if self.estimate is not None and not self.estimate.eps:
             raise ConfigError(f"track {self.id}: estimate.eps must list at least one damping value")
         located = sorted(set(self.data.params) & set(LOCATION_KEYS))
         if located:
@@ -255,6 +270,8 @@ class Track:
             protocol.pop("protocol")
             for key in RankingSpec.__optional_keys__:
                 protocol["ranking"].pop(key)
+        if self.model.state == "init":  # the default training state is left out: the hash it had before the key
+            protocol["model"].pop("state")
         blob = json.dumps(protocol, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -281,7 +298,7 @@ class Track:
             data = {
                 "dataset": self.data.dataset, "dataset_params": data_params,
                 "model": self.model.name, "model_params": dict(self.model.params),
-                "init": self.model.init, "init_seed": self.model.init_seed,
+                "init": self.model.init, "init_seed": self.model.init_seed, "model_state": self.model.state,
                 "defense": defense, "defense_params": dict(params),
                 "attack": attack.name, "attack_params": dict(attack.params),
                 "estimate": i == 0, "eps": list(self.estimate.eps),

@@ -3,7 +3,11 @@
 Protocol (a track's ``utility`` block fixes ``rounds``, ``clients``, ``batch_size``, ``lr``, ``seed``):
 
 1. The track's model is built and initialized exactly as for the privacy trials (same init and seed,
-   same mode from the case).
+   same mode from the case), always at its initialization: a track's training state (``model.state``) is
+   not loaded. On protocol-2 tracks the victims are drawn from the train split, so a trained state learns
+   from the test split, the one this run measures accuracy on; utility is the defense's cost to FedSGD
+   training from the track's initialization. Under a malicious server the run trains the model without the
+   server's imprint block (the block is the attacker's modification, not the federation's model).
 2. Round ``k`` draws ``clients · batch_size`` distinct images of the train split,
    ``perm = randperm(n_train, generator=Generator().manual_seed(seed))`` re-drawn each round from one
    generator; client ``c`` gets the slice ``perm[c·batch_size : (c+1)·batch_size]``.
@@ -27,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -105,7 +110,7 @@ def fedsgd_accuracy(
     device = torch.device(device)
     spec = track.utility
     rounds = spec.rounds if rounds is None else rounds
-    config = track.trial_configs(defense, params, data_root)[0]
+    config = dataclasses.replace(track.trial_configs(defense, params, data_root)[0], model_state="init")
     dm = create_datamodule(track.data.dataset, **config.dataset_params)
     train, test = dm.train_dataset(), dm.test_dataset()
     n_train = len(train)

@@ -218,7 +218,7 @@ def _aggregate_problems(entry: Entry, track: Track, groups: dict[str, list[dict]
             else privacy_summaries(track, trial_ids, groups)
         ),
         "worst_case": to_dict(suite_worst_case(track, groups[trial_ids[0]])) if v2 else None,
-        "i2f": to_dict(i2f_summary(trial_ids[0], groups[trial_ids[0]])),
+        "i2f": to_dict(i2f_summary(trial_ids[0], groups[trial_ids[0]])) if track.estimate is not None else None,
         "utility.gradient_cosine": to_dict(gradient_cosine(groups[trial_ids[0]])),
     }
     stored = {
