@@ -10,7 +10,7 @@
 set -uo pipefail
 DGLBENCH=${DGLBENCH:-.venv/bin/dglbench}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-TRACKS=${TRACKS:-"natural-convnet5@2 faces-convnet5@2"}
+TRACKS=${TRACKS:-"natural-convnet5@2 faces-convnet5@2 natural-convnet5-trained@2 natural-imprint@2"}
 submit() {
   for track in $TRACKS; do
     "$DGLBENCH" leaderboard submit --skip-existing --track "$track" "$@" || echo "FAILED: $track $*" >&2
