@@ -197,8 +197,8 @@ class AprilOptimization(InvertingGradients):
     only the closed form). They are dglbench's choice: the base attack is Inverting Gradients with its published
     settings (signed Adam, global cosine, TV 1e-4, box, step decay, restarts scored by the attacker's own loss;
     see :class:`~dglbench.attacks.InvertingGradients`), so that ``pos_weight = 0`` is Inverting Gradients exactly
-    and a comparison at the same budget isolates the term;
-    ``α = 1`` weighs the two cosines (both in [0, 2]) equally.
+    and a comparison at the same budget isolates the term; ``α = 1`` weighs the two cosines (both in [0, 2])
+    equally. BENCHMARKS.md (section ``attacks-more``) compares it with Inverting Gradients through the zoo's ViT.
 
     Args:
         pos_weight: ``α``, the weight of the position-embedding cosine (1.0, chosen as above).
