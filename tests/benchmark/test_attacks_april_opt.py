@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from dglbench.attacks import InvertingGradients, create_attack
 from dglbench.case import Case, make_payload
+from dglbench.errors import ConfigError
 from dglbench.gradients import flat_parameter_gradient
 from dglbench.models import make_twice_differentiable
 from dglbench.runner import run_trial
@@ -118,5 +119,5 @@ def test_accepts_a_batch_and_refuses_a_negative_weight():
     payload = make_payload(Case(), flat_parameter_gradient(model, x, y), y)
     result = create_attack("april_opt", max_iterations=3).run(model, payload, (3, 8, 8))
     assert result.status == "ok" and result.images.shape == (2, 3, 8, 8)
-    with pytest.raises(Exception, match="pos_weight >= 0"):
+    with pytest.raises(ConfigError, match="pos_weight >= 0"):
         create_attack("april_opt", pos_weight=-1.0)
