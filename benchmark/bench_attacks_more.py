@@ -349,7 +349,7 @@ PRIOR_SETTINGS: dict[str, dict[str, Any]] = {
     # 8x8 digits: plain IG already reaches ~40 dB here, so no prior can add much
     "digits": {"width": 8, "pool": False, "iterations": 150},
     # 3x32x32 photographs: d_x = 4 * 3072 = 12,288 pixels per batch against 8,982 parameters; the budget
-    # (250 steps x 4 restarts, ~15 minutes for the four variants on one CPU thread) leaves IG far from the images
+    # (250 steps x 4 restarts, ~20 minutes for the four variants on one busy CPU thread) leaves IG far from the images
     "natural": {"width": 16, "pool": True, "iterations": 250},
 }
 """Per dataset of :func:`run_prior`: the :func:`bn_net` (width, pooling) and the Adam steps per restart."""
@@ -472,7 +472,7 @@ def _prior_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def run_prior(num_victims: int = 8, restarts: int = 4, cache: str | os.PathLike[str] | None = None) -> str:
-    """The ``attacks-prior`` section: gradinversion vs Inverting Gradients (about 18 minutes on one CPU thread).
+    """The ``attacks-prior`` section: gradinversion vs Inverting Gradients (about 25 minutes on one busy CPU thread).
 
     Two settings (:data:`PRIOR_SETTINGS`): natural photographs 3×32×32, where Inverting Gradients stays far from
     the images at this budget and a prior could help, and 8×8 digits, where it does not need one. ``cache`` as in
