@@ -4,11 +4,17 @@ Batch recovery through BatchNorm networks (arXiv 2104.07586): labels first (sect
 last-layer weight-gradient rows reach the most negative minimum, :func:`~dglbench.attacks.labels.yin_labels`),
 then a group of ``G`` candidate batches from different random seeds optimized in parallel with Adam on
 
-``α_grad ‖g(x') − g̃‖² + α_TV TV(x') + α_ℓ2 ‖x'‖² + α_BN R_BN(x') + α_group ‖x' − E(x')‖²``
+``α_grad ½‖g(x') − g̃‖² + α_TV TV(x') + α_ℓ2 ½ mean(x'²) + α_BN R_BN(x') + α_group ‖x' − E(x')‖²``
 
-- ``R_BN = Σ_l ‖μ_l(x') − μ_l‖₂ + ‖σ²_l(x') − σ²_l‖₂``: the batch mean and variance of each BatchNorm layer's input
-  under the candidate batch against the running statistics the model carries (section 3.2, after DeepInversion);
-  the server sent those buffers, so it knows them (``Case(bn_stats=...)`` governs what the attacker's copy uses).
+- TV in Inverting Gradients' form (mean absolute difference of neighbouring pixels; breaching's convolution
+  also counts the border against zero padding);
+- the gradient term and the ℓ2 term in breaching's scaling (``Euclidean``: ``0.5 · Σ (g − g̃)²``;
+  ``NormRegularization``, p = 2: ``1/p · mean(x^p)``), so that its weights mean what they mean there;
+- ``R_BN = Σ_l m_l (‖μ_l(x') − μ_l‖₂ + ‖σ²_l(x') − σ²_l‖₂)``: the batch mean and variance of each BatchNorm layer's
+  input under the candidate batch against the running statistics the model carries (section 3.2, after
+  DeepInversion), the first layer weighted ``m_1 = 10`` and the others 1 (breaching's ``DeepInversion``
+  regularizer, ``first_bn_multiplier=10``); the server sent those buffers, so it knows them (``Case(bn_stats=...)``
+  governs what the attacker's copy uses).
 - group consistency (section 3.3): ``E(x')`` is the group's consensus, here the pixel-wise mean of the ``G``
   candidates (the paper registers them to each other with RANSAC-flow first; without registration the mean is
   the plain average, which this implementation uses), detached, recomputed every step.
@@ -61,12 +67,13 @@ def cosine_schedule(step: int, steps: int, warmup: int) -> float:
     return warm * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
-def bn_statistics_loss(model: nn.Module, images: Tensor) -> Tensor:
-    """``R_BN`` per problem for ``images [P, B, C, H, W]``: ``Σ_l ‖μ_l − μ̄_l‖₂ + ‖σ²_l − σ̄²_l‖₂`` ``[P]``.
+def bn_statistics_loss(model: nn.Module, images: Tensor, first_multiplier: float = 1.0) -> Tensor:
+    """``R_BN`` per problem for ``images [P, B, C, H, W]``: ``Σ_l m_l (‖μ_l − μ̄_l‖₂ + ‖σ²_l − σ̄²_l‖₂)`` ``[P]``.
 
     ``μ_l, σ²_l`` are the per-channel mean and (biased) variance of BatchNorm layer ``l``'s input over one problem's
-    batch; ``μ̄_l, σ̄²_l`` its running statistics. The model runs once on all problems' images (its mode
-    unchanged; in eval mode every image is normalized on its own, so problems do not mix).
+    batch; ``μ̄_l, σ̄²_l`` its running statistics; ``m_1 = first_multiplier`` weighs the first layer (in the order
+    the forward pass reaches them) and ``m_l = 1`` the others. The model runs once on all problems' images (its
+    mode unchanged; in eval mode every image is normalized on its own, so problems do not mix).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     captured: list[tuple[nn.Module, Tensor]] = []
@@ -78,12 +85,13 @@ def bn_statistics_loss(model: nn.Module, images: Tensor) -> Tensor:
         for h in handles:
             h.remove()
     loss = images.new_zeros(problems)
-    for module, features in captured:
+    for i, (module, features) in enumerate(captured):
         if module.running_mean is None or module.running_var is None:
             continue
         f = features.reshape(problems, batch, features.shape[1], -1).transpose(1, 2).flatten(2)  # [P, C, B·HW]
         mean, var = f.mean(-1), f.var(-1, unbiased=False)
-        loss = loss + (mean - module.running_mean).norm(dim=-1) + (var - module.running_var).norm(dim=-1)
+        term = (mean - module.running_mean).norm(dim=-1) + (var - module.running_var).norm(dim=-1)
+        loss = loss + (first_multiplier if i == 0 else 1.0) * term
     return loss
 
 
@@ -97,9 +105,10 @@ class GradInversion(Attack):
     Args:
         max_iterations: Adam steps (20 000).
         lr: Adam step size (0.1), cosine decay after ``warmup`` steps (50).
-        gradient_weight: ``α_grad`` on the squared L2 gradient distance (1e-4).
+        gradient_weight: ``α_grad`` on half the squared L2 gradient distance (1e-4).
         tv_weight / l2_weight / bn_weight / group_weight: ``α_TV`` (1e-4), ``α_ℓ2`` (1e-6), ``α_BN`` (0.1),
             ``α_group`` (0.01).
+        first_bn_multiplier: the weight of the first BatchNorm layer inside ``R_BN`` (10).
         langevin: scale of the Gaussian noise added to each step's gradient, times the current step size (0.2).
         restarts: the group's size ``G`` (4).
         boxed: clamp to the valid pixel range after each step (True).
@@ -120,6 +129,7 @@ class GradInversion(Attack):
     l2_weight: float = 1e-6
     bn_weight: float = 0.1
     group_weight: float = 0.01
+    first_bn_multiplier: float = 10.0
     langevin: float = 0.2
     restarts: int = 4
     boxed: bool = True
@@ -127,7 +137,8 @@ class GradInversion(Attack):
 
     def check(self) -> None:
         super().check()
-        weights = (self.gradient_weight, self.tv_weight, self.l2_weight, self.bn_weight, self.group_weight)
+        weights = (self.gradient_weight, self.tv_weight, self.l2_weight, self.bn_weight, self.group_weight,
+                   self.first_bn_multiplier)  # fmt: skip
         if self.max_iterations < 1 or self.lr <= 0 or self.warmup < 0 or self.langevin < 0 or min(weights) < 0:
             raise ConfigError(
                 "gradinversion needs max_iterations >= 1, lr > 0, warmup >= 0, langevin >= 0 and weights >= 0; got "
@@ -174,13 +185,13 @@ class GradInversion(Attack):
         return Outcome(x_final[best], v.labels, costs[best], steps * group, subsample(trace), failure)
 
     def _objective(self, model: nn.Module, matcher: GradientMatcher, x: Tensor, labels: Tensor, target: Tensor):
-        value = self.gradient_weight * squared_distance(matcher(x, labels), target)
+        value = self.gradient_weight * 0.5 * squared_distance(matcher(x, labels), target)
         if self.tv_weight > 0:
             value = value + self.tv_weight * total_variation(x)
         if self.l2_weight > 0:
-            value = value + self.l2_weight * x.flatten(1).square().sum(-1)
+            value = value + self.l2_weight * 0.5 * x.flatten(1).square().mean(-1)
         if self.bn_weight > 0:
-            value = value + self.bn_weight * bn_statistics_loss(model, x)
+            value = value + self.bn_weight * bn_statistics_loss(model, x, self.first_bn_multiplier)
         if self.group_weight > 0 and x.shape[0] > 1:
             consensus = x.detach().mean(0, keepdim=True)
             value = value + self.group_weight * (x - consensus).flatten(1).square().sum(-1)

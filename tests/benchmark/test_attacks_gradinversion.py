@@ -32,6 +32,44 @@ def test_bn_statistics_loss_by_hand():
     torch.testing.assert_close(bn_statistics_loss(model, images), torch.tensor(expected))
 
 
+def test_the_objective_is_breachings_scaling_written_out():
+    """½·α_grad·Σ(g − g̃)² + α_TV·TV + ½·α_ℓ2·mean(x²) + α_BN·(10·R_BN,1 + R_BN,2) + α_group·Σ(x − E)², by hand."""
+    from dglbench.attacks.objectives import GradientMatcher
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1), nn.BatchNorm2d(2),
+        nn.Flatten(), nn.Linear(2 * 16, 4),
+    ).double().eval()  # fmt: skip
+    for bn, shift in ((model[1], 0.2), (model[4], -0.1)):
+        bn.running_mean.fill_(shift)
+        bn.running_var.fill_(1.5)
+    x = torch.randn(3, 2, 1, 4, 4, dtype=torch.float64)  # a group of 3 candidates of a batch of 2
+    labels = torch.tensor([[1, 3]] * 3)
+    target = flat_parameter_gradient(model, torch.rand(2, 1, 4, 4, dtype=torch.float64), labels[0])
+    attack = create_attack("gradinversion")
+
+    def r_bn(module_input, bn):  # DeepInversion's feature term for one layer, one candidate
+        per_channel = module_input.transpose(0, 1).reshape(module_input.shape[1], -1)
+        mean, var = per_channel.mean(1), per_channel.var(1, unbiased=False)
+        return (var - bn.running_var).norm() + (mean - bn.running_mean).norm()
+
+    expected = []
+    for p in range(3):
+        g = flat_parameter_gradient(model, x[p], labels[p])
+        first = model[0](x[p])
+        second = model[3](model[2](model[1](first)))
+        tv = (x[p][..., :, 1:] - x[p][..., :, :-1]).abs().mean() + (x[p][..., 1:, :] - x[p][..., :-1, :]).abs().mean()
+        value = (
+            1e-4 * 0.5 * (g - target).square().sum() + 1e-4 * tv + 1e-6 * 0.5 * x[p].square().mean()
+            + 0.1 * (10 * r_bn(first, model[1]) + r_bn(second, model[4]))
+            + 0.01 * (x[p] - x.mean(0)).square().sum()
+        )  # fmt: skip
+        expected.append(float(value))
+    got = attack._objective(model, GradientMatcher(model, nn.functional.cross_entropy), x, labels, target.expand(3, -1))
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_yin_labels_restore_a_batch_of_distinct_labels(seed):
     torch.manual_seed(seed)
