@@ -2,9 +2,11 @@
 
 ``submit`` writes ``<entry stem>.strip.png`` beside a protocol-2 entry from the images the run saved
 (:func:`dglbench.layout.load_reconstructions`): the first :data:`STRIP_VICTIMS` victims, each column one victim,
-the top row its private image and the bottom row the reconstruction of the attack its worst PSNR came from,
-pixels as saved (uint8), enlarged ``SCALE`` times by repetition, separated by white lines. ``render`` embeds the
-strips in the page (no file outside it is loaded). An entry without saved images has no strip.
+the top row its private image (the first of its batch) and the bottom row the reconstruction of the attack its
+worst PSNR came from that is paired with that image (one-to-one pairing of the batch by squared error, as the
+metrics pair; attacks such as imprint return a batch in their own order), pixels as saved (uint8), enlarged
+``SCALE`` times by repetition, separated by white lines. ``render`` embeds the strips in the page (no file
+outside it is loaded). An entry without saved images has no strip.
 
 Example:
     >>> strip_path("lb/v2/entries/t/none-0123456789ab.json").name
@@ -36,6 +38,7 @@ def strip_image(images_dir: str | Path, num_victims: int):
     import torch
     from dglbench.errors import DglbenchError
     from dglbench.layout import load_reconstructions
+    from dglbench.metrics import pair_reconstructions
 
     columns = []
     for j in range(min(num_victims, STRIP_VICTIMS)):
@@ -43,8 +46,10 @@ def strip_image(images_dir: str | Path, num_victims: int):
             images = load_reconstructions(images_dir, j)
         except DglbenchError:
             continue
-        original = images["original"][0]
-        worst = images.get("worst", torch.zeros_like(original))[0]
+        batch = images["original"]
+        worst_batch = images.get("worst", torch.zeros_like(batch))
+        original = batch[0]
+        worst = worst_batch[int(pair_reconstructions(worst_batch.float(), batch.float())[0])]
         pair = [
             np.asarray((x.expand(3, -1, -1) * 255).round().to(torch.uint8).permute(1, 2, 0)) for x in (original, worst)
         ]

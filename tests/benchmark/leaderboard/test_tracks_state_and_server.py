@@ -174,3 +174,18 @@ def test_validate_passes_on_the_new_tracks_and_their_entries(tmp_path):
     entries = ROOT / "v2" / "entries" / "natural-imprint"
     if entries.is_dir():
         assert validate_paths([entries], ROOT) == []
+
+
+def test_the_strip_shows_the_reconstruction_paired_with_a_batch_victims_first_image(tmp_path):
+    import numpy as np
+    from dglbench.layout import RunLayout, save_reconstructions
+    from dglbench.leaderboard.strip import SCALE, strip_image
+
+    folder = RunLayout(tmp_path / "run").images("t")
+    x = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    returned = x[[2, 0, 1]]  # an attack's own order: the copy of image 0 comes second
+    save_reconstructions(folder.victim(0), x, {"imprint": returned}, worst="imprint")
+    pixels = strip_image(folder.directory, 1)
+    want = (x[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    want = want.repeat(SCALE, 0).repeat(SCALE, 1)
+    assert np.array_equal(pixels[: 4 * SCALE], want) and np.array_equal(pixels[6 * SCALE :], want)
