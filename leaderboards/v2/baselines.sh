@@ -5,8 +5,10 @@
 #   nohup nice -n 5 bash leaderboards/v2/baselines.sh > /tmp/baselines-v2.log 2>&1 &
 # Cost measured on a shared 2-core CPU (load ~5): about 3 minutes per victim and entry (DLG 300 L-BFGS steps,
 # Inverting Gradients 4000 steps, adaptive attacks, I2F) plus 3 minutes of FedSGD, i.e. about 3 hours per
-# 64-victim entry; 2 tracks x 29 entries is several days of such a machine. A failed submission is logged and
-# the script goes on; re-run it to retry.
+# 64-victim entry; 2 tracks x 29 entries is several days of such a machine. natural-convnet5-trained@2 costs the
+# same plus 21 s to train its model once (cached); natural-imprint@2 (closed-form imprint, 36 victims) about
+# 2-3 minutes per entry, almost all FedSGD (measured: none 414 s with the undefended run, gaussian 117-160 s).
+# A failed submission is logged and the script goes on; re-run it to retry.
 set -uo pipefail
 DGLBENCH=${DGLBENCH:-.venv/bin/dglbench}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
