@@ -71,7 +71,11 @@ def build_victim_model(config: TrialConfig, num_classes: int, image_shape: Seque
 
 
 def initialized_model(config: TrialConfig, num_classes: int, image_shape: Sequence[int]) -> torch.nn.Module:
-    """The trial's model from timm's registry as its initialization scheme leaves it (float32, train mode)."""
+    """The trial's model from timm's registry as its initialization scheme leaves it (float32, train mode).
+
+    Deterministic for ``config.init_seed``: timm's constructor runs under a generator seeded by it, then the
+    scheme (:func:`dglbench.models.init.initialize`) draws from its own; the global generator is not advanced.
+    """
     import timm
     from dglbench import models
     from dglbench.models.init import initialize
@@ -82,7 +86,12 @@ def initialized_model(config: TrialConfig, num_classes: int, image_shape: Sequen
     if "img_size" in kwargs or config.model in models.CLASSIC_MODELS:
         kwargs["img_size"] = int(image_shape[-1])  # the data decides the input size
     try:
-        model = timm.create_model(config.model, pretrained=False, **kwargs)
+        # the architecture's own initialization draws from the global generator: seeded by init_seed here (and
+        # the caller's generator left as it was), so that ``init: default`` and any parameter a scheme leaves
+        # alone (a ViT's position embedding) are the same in every build of the trial
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.init_seed)
+            model = timm.create_model(config.model, pretrained=False, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ConfigError(f"unknown model {config.model!r}; list them with `dglbench models PATTERN`") from None

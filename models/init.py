@@ -28,7 +28,8 @@ Textbook schemes, under their own names:
 ``normal_std0.1``   conv / linear weights from N(0, 0.1²); biases 0
 ``kaiming_uniform`` conv / linear weights from He et al.'s U(±√(6 / fan_in)) (ReLU gain); biases 0
 ``xavier_uniform``  conv / linear weights from Glorot's U(±√(6 / (fan_in + fan_out))); biases 0
-``default``         the architecture's own initialization: the model is left as constructed
+``default``         the architecture's own initialization: the model is left as constructed (a
+                    trial constructs it under a generator seeded by ``init_seed``)
 ==================  =========================================================================
 
 Except under ``uniform``, normalization layers (BatchNorm, GroupNorm, LayerNorm, ...) are reset to

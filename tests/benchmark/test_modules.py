@@ -374,3 +374,20 @@ def test_a_failed_attack_is_recorded_and_left_out_of_the_worst_case(monkeypatch,
         else:  # every attack failed: the victim's worst case failed, and so did the victim
             assert not r.ok and r.reason == "attack: ValueError: boom" and r.metrics is None
             assert r.worst.status == "failed" and (r.worst.attacks, r.worst.failed) == (0, 1)
+
+
+def test_the_architectures_own_initialization_follows_init_seed_and_leaves_the_global_generator_alone():
+    """A ViT's position embedding and timm's own init come from the constructor's draws: seeded by init_seed."""
+    from dglbench.modules import initialized_model
+
+    vit = {"model": "vit_tiny_patch16_224", "model_params": {"patch_size": 4, "depth": 1}, "init": "default"}
+
+    def build(seed):
+        return initialized_model(TrialConfig.from_dict({**vit, "init_seed": seed}), 3, (3, 16, 16)).state_dict()
+
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a, b, c = build(0), build(0), build(1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator did not move
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["pos_embed"], c["pos_embed"]) and not torch.equal(a["head.weight"], c["head.weight"])
