@@ -173,13 +173,18 @@ def accuracy_drop(undefended: float, defended: float) -> float:
 
 # ------------------------------------------------------------------------------------- protocol 2 (one trial)
 def _attack_keys(recs: list[VictimRecord]) -> list[str]:
-    """Attack keys of the trial in suite order (the union over victims, first seen first)."""
+    """Attack keys of the trial in suite order (the union over victims, first seen first), without the attacks
+    skipped on every victim: they do not apply to the track's case or model, and are neither failures nor entries."""
     keys: list[str] = []
     for r in recs:
         for o in r.attacks:
             if o.key not in keys:
                 keys.append(o.key)
-    return keys
+    return [k for k in keys if any(not _skipped(r.attack(k)) for r in recs)]
+
+
+def _skipped(outcome: Any) -> bool:
+    return outcome is not None and outcome.status == "skipped"
 
 
 def _mean_image_floors(rec: VictimRecord) -> dict[str, Any]:
@@ -224,7 +229,7 @@ def suite_summaries(track: Track, trial_id: str, records: list[VictimRecord | di
                 params=dict(first.params) if first else {},
                 trial_id=trial_id,
                 victims=len(recs),
-                failures=sum(o is None for o in good),
+                failures=sum(g is None and not _skipped(o) for g, o in zip(good, outcomes)),
                 metrics=metrics,
                 mean_image_floor={m: _mean_floor(recs, m) for m in track.metrics},
                 i2f_agreement=I2FAgreement(rho_lb, rho_ex, max(n_lb, n_ex)),
@@ -248,7 +253,7 @@ def suite_worst_case(track: Track, records: list[VictimRecord | dict[str, Any]])
             o = r.attack(key)
             if r.ok and o is not None and succeeded(o, leak_metrics):
                 ok.append(o)
-            else:
+            elif not (r.ok and _skipped(o)):  # a skipped attack did not apply there: not a failure
                 attack_failures[key] += 1
         w = worst_case(ok) if ok else None
         per_victim.append(w)

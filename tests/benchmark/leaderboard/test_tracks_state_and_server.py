@@ -164,6 +164,29 @@ def test_an_exact_copy_stored_as_null_psnr_is_full_leakage_and_a_diverged_attack
     assert w.leakage.n == 2 and w.leakage.mean == pytest.approx((1.0 + 0.99) / 2)
 
 
+def test_an_attack_skipped_on_every_victim_is_neither_a_failure_nor_in_the_entry():
+    """ig_l2 does not apply on the imprint track (its base attack is not in the suite): skipped, not failed."""
+    from dglbench.leaderboard.aggregate import suite_summaries
+
+    track = load_track("natural-imprint@2", ROOT)
+    track = replace(track, data=replace(track.data, params={**track.data.params, "num_victims": 2}))
+    skipped = AttackOutcome("ig_l2", status="skipped", reason="does not apply", adaptive=True)
+    records = [
+        VictimRecord("t", 0, attacks=(_outcome("imprint", 30.0, 0.001, 0.6), skipped)),
+        VictimRecord("t", 1, attacks=(_outcome("imprint", None, None, 0.5), skipped)),  # diverged: a failure
+    ]
+    w = suite_worst_case(track, records)
+    assert w.attack_failures == {"imprint": 1}
+    assert [(s.attack, s.failures) for s in suite_summaries(track, "t", records)] == [("imprint", 1)]
+    # skipped on one victim only: listed, and counted as a failure on none
+    partly = [
+        records[0],
+        VictimRecord("t", 1, attacks=(_outcome("imprint", 20.0, 0.01, 0.5), _outcome("ig_l2", 12.0, 0.06, 0.3))),
+    ]
+    assert suite_worst_case(track, partly).attack_failures == {"imprint": 0, "ig_l2": 0}
+    assert [(s.attack, s.failures) for s in suite_summaries(track, "t", partly)] == [("imprint", 0), ("ig_l2", 0)]
+
+
 def test_validate_passes_on_the_new_tracks_and_their_entries(tmp_path):
     root = tmp_path / "leaderboards"
     (root / "v2" / "tracks").mkdir(parents=True)
