@@ -28,10 +28,10 @@ one optimizer. By default each victim and restart is solved in turn by ``torch.o
 does not depend on which victims share its batch, so a record re-runs exactly one victim at a time (what
 ``leaderboard verify`` does). ``batched=True`` (``line_search="none"`` only) runs torch's L-BFGS steps for every
 victim and restart on its own state (:mod:`dglbench.attacks.lbfgs`) and batches only the objective's evaluations,
-one vectorized forward and double backward for all that wait: 1.75× faster on 8 victims of 3×32×32 (BENCHMARKS.md, attacks), the
-same algorithm, but a victim's gradients then differ in the last bits with the batch it is in, which L-BFGS
-amplifies (float32 losses differ by a few percent after 10 steps): for sweeps, not for records that must be
-re-run one victim at a time.
+one vectorized forward and double backward for all that wait: 1.75× faster on 8 victims of 3×32×32
+(BENCHMARKS.md, attacks), the same algorithm, but a victim's gradients then differ in the last bits with the batch
+it is in, which L-BFGS amplifies (float32 losses differ by up to 12 % after 10 steps): for sweeps, not for records
+that must be re-run one victim at a time.
 
 Example:
     >>> import torch
