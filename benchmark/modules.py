@@ -205,7 +205,7 @@ def attack_suite(config: TrialConfig, defense: Any) -> list[SuiteAttack]:
     if config.adaptive and specs:
         for name, params in adaptive_attacks_for(defense):
             cls = ATTACKS.get(name)
-            parent = next((p for n, p, _, _ in specs if _extends(cls, ATTACKS.get(n))), None)
+            parent = next((p for n, p, declared, _ in specs if not declared and _extends(cls, ATTACKS.get(n))), None)
             accepted = {f.name for f in dc.fields(cls)} if dc.is_dataclass(cls) else set(parent or ())
             skip = None
             if parent is None:
