@@ -40,4 +40,4 @@ submit --defense eigen_noise --param scale=0.1
 done
 
 "$DGLBENCH" leaderboard validate
-"$DGLBENCH" leaderboard render
+"$DGLBENCH" leaderboard render --repo-root .
