@@ -1,14 +1,15 @@
-"""Time and peak memory of the FedAvg I2F lower bound against the number of local steps τ.
+"""Time and peak memory of the FedAvg I2F lower bound against the number of local steps τ, with the unrolled
+graph stored or the local iterates checkpointed.
 
-Under FedAvg the products ``K v`` and ``Kᵀ u`` go through the unrolled local steps, so the stored linearization
-(the VJP) holds ``τ`` double-backward graphs and each product costs about ``τ`` FedSGD products. Each ``τ`` is
-measured in a fresh process. "linearization" is the resident memory that building the operator (the forward
-pass and the stored VJP through the ``τ`` steps, held for every later ``Kᵀ u``) added, read from
-``/proc/self/status`` after a one-image FedSGD warm-up; "peak growth" is how far the I2F runs then raised the
-process's peak resident memory (``ru_maxrss``). On CUDA the peak allocated memory
-(``torch.cuda.max_memory_allocated``) is reported too.
+Under FedAvg the products ``K v`` and ``Kᵀ u`` go through the unrolled local steps, so each product costs about
+``τ`` FedSGD products. ``Kᵀ u`` either reuses one VJP of the whole unrolled map, which holds ``τ``
+double-backward graphs (``checkpoint=False``), or keeps only the iterates ``Δθ_t`` and rebuilds one step's VJP at
+a time (``checkpoint=True``, the default for ``τ > 1``). Each row is measured in a fresh process: the peak is how
+far the I2F run raised the process's peak resident memory (``ru_maxrss``) above its resident memory before it.
+On CUDA the peak allocated memory (``torch.cuda.max_memory_allocated``) is reported too.
 
-Run: ``python -m dglbench.bench_fedavg [--taus 1 2 5] [--side 16] [--batch 2] [--device cpu]``.
+Run: ``python -m dglbench.bench_fedavg [--taus 1 5 20] [--side 16] [--batch 2] [--width 12] [--device cpu]
+[--checkpoint | --no-checkpoint]`` (both modes when neither is given).
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ import torch
 from torch import nn
 
 
-def convnet(side: int, channels: int = 1, classes: int = 10) -> nn.Module:
-    """A small sigmoid ConvNet (DLG's LeNet, 4 convolutions of 12 channels) with U(−0.5, 0.5) weights."""
+def convnet(side: int, channels: int = 1, classes: int = 10, width: int = 12) -> nn.Module:
+    """A small sigmoid ConvNet (DLG's LeNet: 4 convolutions of ``width`` = 12 channels) with U(−0.5, 0.5) weights."""
     layers: list[nn.Module] = []
     c, size = channels, side
     for stride in (2, 2, 1, 1):
-        layers += [nn.Conv2d(c, 12, 5, stride, 2), nn.Sigmoid()]
-        c, size = 12, (size - 1) // stride + 1
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(12 * size * size, classes))
+        layers += [nn.Conv2d(c, width, 5, stride, 2), nn.Sigmoid()]
+        c, size = width, (size - 1) // stride + 1
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * size * size, classes))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -48,52 +49,48 @@ def _current_rss_kib() -> int:
         return 0
 
 
-def measure(tau: int, side: int, batch: int, device: str, repeats: int = 3) -> dict[str, float]:
+def measure(tau: int, side: int, batch: int, device: str, width: int = 12, checkpoint: bool = True) -> dict[str, float]:
     """One FedAvg I2F lower bound (τ full-batch local steps, η = 1e-4) on a random batch: time and peak memory."""
     from dglbench.case import Case
     from dglbench.gradients import GradientOperator
     from dglbench.influence import i2f_lower_bound
 
     torch.manual_seed(0)
-    model = convnet(side).to(device)
+    model = convnet(side, width=width).to(device)
     x = torch.randn(batch, 1, side, side, device=device)
     y = torch.arange(batch, device=device) % 10
     delta = 1e-6 * torch.randn(sum(p.numel() for p in model.parameters()), device=device)
     case = Case(update="fedavg", local_steps=tau, local_lr=1e-4)
-    GradientOperator(model, x[:1], y[:1])  # loads the kernels; its small graph is freed
+    warm = GradientOperator(model, x[:1], y[:1], update=Case(update="fedavg", local_steps=1).update_rule())
+    warm.gram(torch.randn(1, warm.input_dim, device=device))  # loads the kernels; its small graph is freed
+    del warm
     before = _current_rss_kib()
-    op = GradientOperator(model, x[None], y[None], stacked=True, update=case.update_rule())  # the stored VJP
-    held = (_current_rss_kib() - before) / 1024
-    del op
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    i2f_lower_bound(model, x, y, delta, case=case)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = i2f_lower_bound(model, x, y, delta, case=case)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        cuda_before = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    out = i2f_lower_bound(model, x, y, delta, case=case, checkpoint=checkpoint)
+    if device == "cuda":
+        torch.cuda.synchronize()
     row = {
         "tau": tau,
+        "checkpoint": checkpoint,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "seconds": sorted(times)[len(times) // 2],
+        "seconds": time.perf_counter() - start,
         "products": int(out.products[0]),
-        "linearization_mib": held,
-        "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024,
+        "peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
         "value": float(out.value[0]),
     }
     if device == "cuda":
-        row["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        row["cuda_peak_mib"] = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20
     return row
 
 
-def _measure_in_child(tau: int, side: int, batch: int, device: str) -> dict[str, float]:
+def _measure_in_child(tau: int, side: int, batch: int, device: str, width: int, checkpoint: bool) -> dict[str, float]:
     cmd = [sys.executable, "-m", "dglbench.bench_fedavg", "--one", str(tau), "--side", str(side)]
-    cmd += ["--batch", str(batch), "--device", device]
+    cmd += ["--batch", str(batch), "--device", device, "--width", str(width)]
+    cmd += ["--checkpoint" if checkpoint else "--no-checkpoint"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -134,36 +131,43 @@ def recovery(taus: tuple[int, ...] = (1, 2, 5), victims: int = 4, iterations: in
     return rows
 
 
+TAUS = (1, 5, 20)
+
+
 def run() -> str:
-    """The ``fedavg`` section of BENCHMARKS.md: I2F time and memory against τ, and the FedAvg attack's recovery."""
+    """The ``fedavg`` section of BENCHMARKS.md: I2F time and memory against τ with and without checkpointing,
+    and the FedAvg attack's recovery."""
     torch.set_num_threads(1)
-    side, batch = 32, 8
-    rows = [_measure_in_child(tau, side, batch, "cpu") for tau in (1, 2, 5)]
-    growth = rows[-1]["linearization_mib"] / max(rows[0]["linearization_mib"], 1e-9)
-    slower = rows[-1]["seconds"] / rows[0]["seconds"]
+    side, batch, width = 32, 16, 32
+    rows = [_measure_in_child(tau, side, batch, "cpu", width, ck) for tau in TAUS for ck in (False, True)]
+    by = {(r["tau"], r["checkpoint"]): r for r in rows}
+    first, last = TAUS[0], TAUS[-1]
+    stored_growth = by[last, False]["peak_mib"] / max(by[first, False]["peak_mib"], 1e-9)
+    ck_growth = by[last, True]["peak_mib"] / max(by[first, True]["peak_mib"], 1e-9)
+    slower = by[last, True]["seconds"] / by[last, False]["seconds"]
     lines = [
-        f"Under FedAvg every K/Kᵀ product runs through the τ unrolled local steps: from τ = 1 to τ = 5 the I2F lower "
-        f"bound took {slower:.1f}× the time and the stored linearization {growth:.1f}× the memory (the graph of all "
-        "τ steps is held; no recompute is offered yet)"
-        + (
-            ""
-            if all(a["seconds"] <= b["seconds"] for a, b in zip(rows, rows[1:]))
-            else "; times on a shared machine are not monotone in τ here, the memory is the steadier measure"
-        )
-        + ". The FedAvg attack (`ig_fedavg`) rebuilds undefended digits "
+        f"Under FedAvg every K/Kᵀ product runs through the τ unrolled local steps. Storing the unrolled graph (one "
+        f"VJP) makes the I2F lower bound's peak memory grow {stored_growth:.1f}× from τ = {first} to τ = {last} "
+        f"({by[first, False]['peak_mib']:.0f} → {by[last, False]['peak_mib']:.0f} MiB); checkpointing the local "
+        f"iterates (the default for τ > 1) holds it to {ck_growth:.1f}× ({by[first, True]['peak_mib']:.0f} → "
+        f"{by[last, True]['peak_mib']:.0f} MiB) for {slower:.2f}× the time at τ = {last}, with the same value. "
+        "The FedAvg attack (`ig_fedavg`) rebuilds undefended digits "
         "from the update at a median PSNR of {median} dB (τ = 1, 2, 5) with 300 iterations.",
         "",
-        f"I2F lower bound (λ_max by Lanczos, tolerance 1e-3), DLG's sigmoid ConvNet on 1×{side}×{side}, batch {batch}, "
-        "τ full-batch local steps of rate 1e-4, one process per τ, single thread. Linearization: resident memory "
-        "added by building the operator; peak growth: rise of the process's peak resident memory over the I2F runs.",
+        f"I2F lower bound (λ_max by Lanczos, tolerance 1e-3), DLG's sigmoid ConvNet widened to {width} channels on "
+        f"1×{side}×{side}, batch {batch}, τ full-batch local steps of rate 1e-4, one process per row, single thread. "
+        "Peak: the process's peak resident memory during the I2F run above its resident memory before it "
+        "(`ru_maxrss`, `/proc/self/status`). Stored: one VJP through all τ steps, built once; checkpointed: "
+        "the iterates Δθ_t only, one step's VJP rebuilt per Kᵀu (`GradientOperator(checkpoint=...)`).",
         "",
-        "| τ | parameters | seconds (median of 3) | K/Kᵀ products | linearization (MiB) | peak growth (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| τ | Kᵀu through the steps | parameters | seconds | K/Kᵀ products | peak (MiB) | I2F lower bound |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        mode = "checkpointed" if r["checkpoint"] else "stored"
         lines.append(
-            f"| {r['tau']} | {r['parameters']} | {r['seconds']:.3f} | {r['products']} | "
-            f"{r['linearization_mib']:.1f} | {r['rss_growth_mib']:.0f} |"
+            f"| {r['tau']} | {mode} | {r['parameters']} | {r['seconds']:.2f} | {r['products']} | "
+            f"{r['peak_mib']:.0f} | {r['value']:.6g} |"
         )
     rec = recovery()
     medians = [(r["psnr"][len(r["psnr"]) // 2 - 1] + r["psnr"][len(r["psnr"]) // 2]) / 2 for r in rec]
@@ -185,31 +189,31 @@ def run() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--taus", type=int, nargs="+", default=[1, 2, 5])
+    parser.add_argument("--taus", type=int, nargs="+", default=list(TAUS))
     parser.add_argument("--side", type=int, default=16)
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--width", type=int, default=12)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child process: one τ, JSON out
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.side, args.batch, args.device)))
+        ck = True if args.checkpoint is None else args.checkpoint
+        print(json.dumps(measure(args.one, args.side, args.batch, args.device, args.width, ck)))
         return
-    common = ["--side", str(args.side), "--batch", str(args.batch), "--device", args.device]
-    print(f"FedAvg I2F lower bound, convnet on 1x{args.side}x{args.side}, batch {args.batch}, {args.device}")
-    print(
-        "| τ | parameters | seconds | K/Kᵀ products | linearization (MiB) | peak growth (MiB) | CUDA peak (MiB) "
-        "| I2F_lb |"
-    )
+    modes = (False, True) if args.checkpoint is None else (args.checkpoint,)
+    shape = f"1x{args.side}x{args.side}"
+    print(f"FedAvg I2F lower bound, convnet({args.width}) on {shape}, batch {args.batch}, {args.device}")
+    print("| τ | Kᵀu | parameters | seconds | K/Kᵀ products | peak (MiB) | CUDA peak (MiB) | I2F_lb |")
     print("|---|---|---|---|---|---|---|---|")
     for tau in args.taus:
-        cmd = [sys.executable, "-m", "dglbench.bench_fedavg", "--one", str(tau), *common]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        row = json.loads(out.strip().splitlines()[-1])
-        cuda = f"{row['cuda_peak_mib']:.1f}" if "cuda_peak_mib" in row else "–"
-        print(
-            f"| {row['tau']} | {row['parameters']} | {row['seconds']:.3f} | {row['products']} | "
-            f"{row['linearization_mib']:.1f} | {row['rss_growth_mib']:.0f} | {cuda} | {row['value']:.4g} |"
-        )
+        for ck in modes:
+            row = _measure_in_child(tau, args.side, args.batch, args.device, args.width, ck)
+            cuda = f"{row['cuda_peak_mib']:.1f}" if "cuda_peak_mib" in row else "–"
+            print(
+                f"| {row['tau']} | {'checkpointed' if ck else 'stored'} | {row['parameters']} | {row['seconds']:.3f} "
+                f"| {row['products']} | {row['peak_mib']:.0f} | {cuda} | {row['value']:.4g} |"
+            )
 
 
 if __name__ == "__main__":

@@ -344,8 +344,18 @@ class GradientOperator:
         loss: the victim's loss (see :func:`make_loss`).
         stacked: whether ``images``/``labels`` carry a leading victim dimension.
         update: the client's update rule: ``None`` for FedSGD (the shared quantity is the gradient), a
-            :class:`LocalUpdate` for FedAvg (``Δθ``; the products then go through the unrolled local steps and
-            their memory grows with the number of steps). :attr:`gradient` holds the shared quantity.
+            :class:`LocalUpdate` for FedAvg (``Δθ``; the products then go through the unrolled local steps).
+            :attr:`gradient` holds the shared quantity.
+        checkpoint: under FedAvg, how ``Kᵀ u`` gets through the ``T`` local steps. ``False``: one VJP of the
+            whole unrolled map is stored when the operator is built, so memory grows with ``T`` (``T``
+            double-backward graphs). ``True``: only the iterates ``Δθ_t`` are stored (``T · d_θ`` numbers) and
+            each ``Kᵀ u`` runs the adjoint recursion backwards, rebuilding one step's VJP at a time:
+
+                ``ū_T = u``;  ``x̄_t += −η ∂g_tᵀ/∂x ū_{t+1}``;  ``ū_t = ū_{t+1} − η ∂g_tᵀ/∂θ ū_{t+1}``,
+
+            with ``g_t`` the gradient of step ``t`` at ``θ_0 + Δθ_t``. The same numbers; peak memory of one
+            step's graph whatever ``T``, for a recomputed forward step per product. ``None`` (the default):
+            ``True`` when ``T > 1``. ``K v`` is forward mode and holds one step's graph either way.
     """
 
     def __init__(
@@ -357,6 +367,7 @@ class GradientOperator:
         *,
         stacked: bool = False,
         update: LocalUpdate | None = None,
+        checkpoint: bool | None = None,
     ) -> None:
         if not stacked:
             images, labels = images.unsqueeze(0), labels.unsqueeze(0)
@@ -374,11 +385,19 @@ class GradientOperator:
         self.shapes = {k: v.shape for k, v in self.params.items()}
         self.num_parameters = sum(v.numel() for v in self.params.values())
         self.products = 0
+        if checkpoint is None:
+            checkpoint = update is not None and update.total_steps > 1
+        self.checkpoint = bool(checkpoint) and update is not None
+        self._vjp_fn: Callable[[Tensor], tuple[Tensor]] | None = None
+        self._iterates: list[Tensor] = []
+        if self.checkpoint:
+            self.gradient: Tensor = self._unroll()
+            return
         try:
             gradient, self._vjp_fn = vjp(self._stacked_gradient, self.images)
         except RuntimeError as exc:
             raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
-        self.gradient: Tensor = gradient.detach()
+        self.gradient = gradient.detach()
 
     def _single_gradient(self, x: Tensor, y: Tensor) -> Tensor:
         grads = functional_update(self.model, self.params, self.buffers, self.loss_fn, x, y, self.update)
@@ -389,10 +408,56 @@ class GradientOperator:
             return self._single_gradient(images[0], self.labels[0]).unsqueeze(0)
         return vmap(self._single_gradient)(images, self.labels)
 
+    # ------------------------------------------------------------------ FedAvg with checkpointed iterates
+    def _step_gradient(self, delta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """One victim's local gradient at ``θ_0 + Δθ_t`` (``delta`` flat), flat."""
+        sizes = [v.numel() for v in self.params.values()]
+        parts = dict(zip(self.params, delta.split(sizes)))
+        theta = {k: v + parts[k].reshape(v.shape) for k, v in self.params.items()}
+        grads = functional_gradient(self.model, theta, self.buffers, self.loss_fn, x, y)
+        return torch.cat([t.reshape(-1) for t in grads.values()])
+
+    def _stacked_step(self, delta: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        if images.shape[0] == 1:
+            return self._step_gradient(delta[0], images[0], labels[0]).unsqueeze(0)
+        return vmap(self._step_gradient)(delta, images, labels)
+
+    def _unroll(self) -> Tensor:
+        """Runs the local steps without a graph, keeping ``Δθ_t`` before each step; returns ``Δθ_T``."""
+        assert self.update is not None
+        delta = self.images.new_zeros(self.num_victims, self.num_parameters)
+        for part in self.update.schedule(self.images.shape[1]):
+            self._iterates.append(delta)
+            g = self._stacked_step(delta, self.images[:, part], self.labels[:, part]).detach()
+            delta = delta - self.update.lr * g
+        return delta
+
+    def _adjoint(self, u: Tensor) -> Tensor:
+        """``Kᵀ u`` by the adjoint recursion over the stored iterates; ``u`` is ``[V, d_θ]`` or ``[V, m, d_θ]``."""
+        assert self.update is not None
+        many = u.dim() == 3
+        lr = self.update.lr
+        schedule = self.update.schedule(self.images.shape[1])
+        grad_x = self.images.new_zeros((u.shape[0], u.shape[1], *self.images.shape[1:]) if many else self.images.shape)
+        adjoint = u.to(self.gradient.dtype)
+        for t in reversed(range(len(schedule))):
+            part = schedule[t]
+            labels = self.labels[:, part]
+            _, fn = vjp(lambda d, x, y=labels: self._stacked_step(d, x, y), self._iterates[t], self.images[:, part])
+            d_delta, d_x = vmap(fn, in_dims=1, out_dims=1)(adjoint) if many else fn(adjoint)
+            if many:
+                grad_x[:, :, part] -= lr * d_x
+            else:
+                grad_x[:, part] -= lr * d_x
+            adjoint = adjoint - lr * d_delta.detach()
+        return grad_x.detach()
+
     def rmatvec(self, u: Tensor) -> Tensor:
         """``Kᵀ u`` for ``u`` of shape ``[V, d_θ]``; returns ``[V, d_x]``."""
         self.products += 1
         try:
+            if self._vjp_fn is None:
+                return self._adjoint(u).reshape(self.num_victims, -1)
             (out,) = self._vjp_fn(u.to(self.gradient.dtype))
         except RuntimeError as exc:
             raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
@@ -422,7 +487,10 @@ class GradientOperator:
             return self.rmatvec(u[:, 0]).unsqueeze(1)
         self.products += m
         try:
-            out = vmap(lambda w: self._vjp_fn(w)[0], in_dims=1, out_dims=1)(u.to(self.gradient.dtype))
+            if self._vjp_fn is None:
+                return self._adjoint(u).reshape(self.num_victims, m, -1)
+            vjp_fn = self._vjp_fn
+            out = vmap(lambda w: vjp_fn(w)[0], in_dims=1, out_dims=1)(u.to(self.gradient.dtype))
         except RuntimeError as exc:
             raise _differentiability_error(exc, "the Jacobian-transpose product Kᵀu") from exc
         return out.detach().reshape(self.num_victims, m, -1)

@@ -417,11 +417,19 @@ def _scatter(total: int, parts: list[tuple[list[int], dict[str, Tensor]]]) -> di
     return merged
 
 
-def _operator(model: nn.Module, X: Tensor, Y: Tensor, loss: str | LossFn | None, case: Case | None) -> GradientOperator:
+def _operator(
+    model: nn.Module,
+    X: Tensor,
+    Y: Tensor,
+    loss: str | LossFn | None,
+    case: Case | None,
+    checkpoint: bool | None = None,
+) -> GradientOperator:
     """The group's operator under the case's update rule (FedSGD without a case); ``loss`` defaults to the case's."""
     if loss is None:
         loss = case.loss_fn() if case is not None else "cross_entropy"
-    return GradientOperator(model, X, Y, loss, stacked=True, update=None if case is None else case.update_rule())
+    update = None if case is None else case.update_rule()
+    return GradientOperator(model, X, Y, loss, stacked=True, update=update, checkpoint=checkpoint)
 
 
 def _start_vectors(like: Tensor, seed: int) -> Tensor:
@@ -438,6 +446,7 @@ def i2f_lower_bound(
     loss: str | LossFn | None = None,
     *,
     case: Case | None = None,
+    checkpoint: bool | None = None,
     tol: float = 1e-3,
     max_iter: int = 100,
     seed: int = 0,
@@ -458,6 +467,10 @@ def i2f_lower_bound(
         case: the threat model whose update rule defines the shared quantity and so ``K``: ``None`` or
             ``Case(update="fedsgd")`` — the gradient; ``Case(update="fedavg", ...)`` — ``K = ∂Δθ/∂x`` through the
             unrolled local steps (:class:`dglbench.gradients.LocalUpdate`), and δ perturbs ``Δθ``.
+        checkpoint: under FedAvg, keep only the local iterates and rebuild one step's graph per ``Kᵀ u`` instead
+            of storing the whole unrolled graph: memory nearly flat in the number of local steps ``T``, for a little
+            more time (BENCHMARKS.md, ``fedavg``); ``None``: when ``T > 1``. See
+            :class:`dglbench.gradients.GradientOperator`.
         tol: relative tolerance on ``λ_max`` (Lanczos residual test).
         max_iter: most Lanczos steps (each costs one ``K v`` and one ``Kᵀ u``).
         seed: seed of the Lanczos start vector.
@@ -470,7 +483,7 @@ def i2f_lower_bound(
     total, groups = _groups(model, images, labels, perturbation, vectorize)
     parts = []
     for idx, X, Y, D in groups:
-        op = _operator(model, X, Y, loss, case)
+        op = _operator(model, X, Y, loss, case, checkpoint)
         assert D is not None
         b = op.rmatvec_many(D)
         out = _lanczos_of(op, b, tol, max_iter, seed, ritz=0)
@@ -554,6 +567,7 @@ def i2f(
     loss: str | LossFn | None = None,
     *,
     case: Case | None = None,
+    checkpoint: bool | None = None,
     eps: float = 0.1,
     tol: float = 1e-5,
     max_iter: int = 500,
@@ -577,7 +591,7 @@ def i2f(
     total, groups = _groups(model, images, labels, perturbation, vectorize)
     parts = []
     for idx, X, Y, D in groups:
-        op = _operator(model, X, Y, loss, case)
+        op = _operator(model, X, Y, loss, case, checkpoint)
         assert D is not None
         b = op.rmatvec_many(D)
         deflation = _lanczos_of(op, b, 1e-3, 100, seed, ritz=deflate) if deflate > 0 else None
@@ -646,6 +660,7 @@ def estimate_i2f(
     loss: str | LossFn | None = None,
     *,
     case: Case | None = None,
+    checkpoint: bool | None = None,
     eps: Sequence[float] = (0.1,),
     eps_relative: Sequence[float] = (),
     rescale: bool = False,
@@ -687,7 +702,7 @@ def estimate_i2f(
     terms = [(float(e), False) for e in eps] + [(float(e), True) for e in eps_relative]
     exact_parts: dict[tuple[float, bool], list] = {t: [] for t in terms}
     for idx, X, Y, D in groups:
-        op = _operator(model, X, Y, loss, case)
+        op = _operator(model, X, Y, loss, case, checkpoint)
         assert D is not None
         m = D.shape[1]
         if rescale:
@@ -736,6 +751,7 @@ def top_eigenpairs(
     loss: str | LossFn | None = None,
     *,
     case: Case | None = None,
+    checkpoint: bool | None = None,
     tol: float = 1e-4,
     max_iter: int = 200,
     seed: int = 0,
@@ -749,7 +765,7 @@ def top_eigenpairs(
     total, groups = _groups(model, images, labels, None, vectorize)
     parts = []
     for idx, X, Y, _ in groups:
-        op = _operator(model, X, Y, loss, case)
+        op = _operator(model, X, Y, loss, case, checkpoint)
         out = lanczos(op.gram, _start_vectors(op.images.reshape(len(idx), -1), seed), k, tol, max_iter)
         dirs = torch.stack([op.matvec(out.eigenvectors[:, i]) for i in range(k)], 1)
         dirs = dirs / out.eigenvalues.clamp_min(torch.finfo(dirs.dtype).tiny).sqrt()[..., None]

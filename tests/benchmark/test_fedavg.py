@@ -99,9 +99,10 @@ def fedavg_case(base, rule):
     return Case(model_mode=base.model_mode, **rule)
 
 
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["stored_vjp", "checkpointed"])
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-def test_update_and_products_match_the_explicit_jacobian(name, schedule):
+def test_update_and_products_match_the_explicit_jacobian(name, schedule, checkpoint):
     if name == "bn_convnet" and schedule == "minibatch1_2x2":
         pytest.skip("train-mode BatchNorm needs more than one image per local step")
     model, forward, params, x, y, base = setup(name)
@@ -109,7 +110,8 @@ def test_update_and_products_match_the_explicit_jacobian(name, schedule):
     case = fedavg_case(base, rule)
     K = oracle_k(forward, params, x, y, case.local_lr, minibatches)
     delta = oracle_update(forward, params, x, y, case.local_lr, minibatches).detach()
-    op = GradientOperator(model, x, y, update=case.update_rule())
+    op = GradientOperator(model, x, y, update=case.update_rule(), checkpoint=checkpoint)
+    assert op.checkpoint is checkpoint
     np.testing.assert_allclose(op.gradient[0].numpy(), delta.numpy(), rtol=1e-9, atol=1e-12)
     gen = torch.Generator().manual_seed(1)
     v = torch.randn(1, K.shape[1], generator=gen, dtype=torch.float64)
@@ -140,6 +142,32 @@ def test_i2f_lower_bound_and_exact_match_the_explicit_jacobian(name):
     est = estimate_i2f(model, x, y, deltas, case=case, eps=(eps,), lower_bound_tol=1e-10, cg_tol=1e-10)
     np.testing.assert_allclose(est.lower_bound.value.numpy(), lb_truth, rtol=RTOL)
     np.testing.assert_allclose(est.exact[eps].value.numpy(), exact_truth, rtol=RTOL)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["stored_vjp", "checkpointed"])
+def test_many_products_of_stacked_victims_match_each_victims_explicit_jacobian(checkpoint):
+    """``Kᵀ u`` for m = 3 vectors per victim, two victims stacked (vmap), against each victim's own K."""
+    model, forward, params, x, y, base = setup("mlp")
+    rule, minibatches = SCHEDULES["minibatch1_2x2"]
+    case = fedavg_case(base, rule)
+    xs, ys = torch.stack([x, x.flip(0) + 0.5]), torch.stack([y, y.flip(0)])
+    ks = [oracle_k(forward, params, xi, yi, case.local_lr, minibatches) for xi, yi in zip(xs, ys)]
+    op = GradientOperator(model, xs, ys, stacked=True, update=case.update_rule(), checkpoint=checkpoint)
+    u = torch.randn(2, 3, ks[0].shape[0], generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    out = op.rmatvec_many(u)
+    for i, k in enumerate(ks):
+        np.testing.assert_allclose(out[i].numpy(), u[i].numpy() @ k, rtol=1e-8, atol=1e-12)
+    assert op.products == 3
+
+
+def test_fedavg_checkpoints_by_default_beyond_one_local_step():
+    """The default keeps memory flat in T: iterates only (T of them), no stored VJP, once T > 1."""
+    model, _, _, x, y, base = setup("mlp")
+    one = GradientOperator(model, x, y, update=LocalUpdate(steps=1, lr=0.1))
+    three = GradientOperator(model, x, y, update=LocalUpdate(steps=3, lr=0.1))
+    fedsgd = GradientOperator(model, x, y, checkpoint=True)  # nothing to checkpoint under FedSGD
+    assert (one.checkpoint, three.checkpoint, fedsgd.checkpoint) == (False, True, False)
+    assert len(three._iterates) == 3 and three._vjp_fn is None
 
 
 def test_victims_stacked_equal_victims_one_by_one():
