@@ -214,12 +214,37 @@ def measure_april_opt(
         print(label, [round(p, 2) for p in psnr], flush=True)
         rows.append({"label": label, "psnr": psnr, "s": (time.perf_counter() - begin) / num_victims,
                      "iterations": iterations})  # fmt: skip
-    base = rows[1]["psnr"]
+    return paired_summary(rows, base=1)
+
+
+def paired_summary(rows: list[dict[str, Any]], base: int) -> list[dict[str, Any]]:
+    """Adds to each row (per-victim ``psnr`` lists over the same victims) its median PSNR, the median of its
+    per-victim gains over row ``base``, both with 95 % bootstrap intervals, and its wins over that row.
+
+    Example:
+        >>> rows = paired_summary([{"psnr": [10.0, 12.0, 14.0]}, {"psnr": [11.0, 12.0, 16.0]}], base=0)
+        >>> rows[1]["wins"], rows[1]["gain"][0], rows[0]["gain"][0]
+        (2, 1.0, 0.0)
+    """
+    reference = rows[base]["psnr"]
     for r in rows:
         r["median"] = bootstrap_interval(r["psnr"], np.median)
-        r["gain"] = bootstrap_interval([a - b for a, b in zip(r["psnr"], base)], np.median)
-        r["wins"] = sum(a > b for a, b in zip(r["psnr"], base))
+        r["gain"] = bootstrap_interval([a - b for a, b in zip(r["psnr"], reference)], np.median)
+        r["wins"] = sum(a > b for a, b in zip(r["psnr"], reference))
     return rows
+
+
+def paired_table(rows: list[dict[str, Any]], digits: int) -> list[str]:
+    """The Markdown table of :func:`paired_summary`'s rows, gains over IG with ``digits`` decimals."""
+    return [
+        "| attack | median PSNR [95 % CI] | paired gain over IG [95 % CI] | wins vs IG | s / victim |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {r['label']} | {_db(r['median'])} | {r['gain'][0]:+.{digits}f} [{r['gain'][1]:+.{digits}f}, "
+            f"{r['gain'][2]:+.{digits}f}] | {r['wins']}/{len(r['psnr'])} | {r['s']:.1f} |"
+            for r in rows
+        ),
+    ]
 
 
 def _db(value: tuple[float, float, float]) -> str:
@@ -294,13 +319,7 @@ def run() -> str:
         f"other setting is Inverting Gradients' published one (lr 0.1 with step decay, TV 1e-4, 1 restart). PSNR "
         f"(dB) per victim; gains paired per victim over IG, 95 % bootstrap intervals.",
         "",
-        "| attack | median PSNR [95 % CI] | paired gain over IG [95 % CI] | wins vs IG | s / victim |",
-        "|---|---:|---:|---:|---:|",
-        *(
-            f"| {r['label']} | {_db(r['median'])} | {r['gain'][0]:+.2f} [{r['gain'][1]:+.2f}, {r['gain'][2]:+.2f}] "
-            f"| {r['wins']}/{len(r['psnr'])} | {r['s']:.1f} |"
-            for r in opt
-        ),
+        *paired_table(opt, digits=2),
     ]
     return "\n".join(lines)
 
@@ -436,12 +455,7 @@ def measure_gradinversion(
         rows.append(
             {"label": label, **done[key], "gradient_weight": weight, "iterations": iterations, "params": params_}
         )
-    base = rows[0]["psnr"]
-    for r in rows:
-        r["median"] = bootstrap_interval(r["psnr"], np.median)
-        r["gain"] = bootstrap_interval([a - b for a, b in zip(r["psnr"], base)], np.median)
-        r["wins"] = sum(a > b for a, b in zip(r["psnr"], base))
-    return rows
+    return paired_summary(rows, base=0)
 
 
 def flat_gradient(model: torch.nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -457,18 +471,6 @@ def _verdict(gain: tuple[float, float, float]) -> str:
 
 def _gain(value: tuple[float, float, float]) -> str:
     return f"{value[0]:+.1f} dB [{value[1]:+.1f}, {value[2]:+.1f}]"
-
-
-def _prior_table(rows: list[dict[str, Any]]) -> list[str]:
-    return [
-        "| attack | median PSNR [95 % CI] | paired gain over IG [95 % CI] | wins vs IG | s / victim |",
-        "|---|---:|---:|---:|---:|",
-        *(
-            f"| {r['label']} | {_db(r['median'])} | {r['gain'][0]:+.1f} [{r['gain'][1]:+.1f}, {r['gain'][2]:+.1f}] "
-            f"| {r['wins']}/{len(r['psnr'])} | {r['s']:.1f} |"
-            for r in rows
-        ),
-    ]
 
 
 def run_prior(num_victims: int = 8, restarts: int = 4, cache: str | os.PathLike[str] | None = None) -> str:
@@ -512,13 +514,13 @@ def run_prior(num_victims: int = 8, restarts: int = 4, cache: str | os.PathLike[
         f"a batch), "
         f"running statistics of the train split, eval mode; {steps} steps × {restarts} restarts.",
         "",
-        *_prior_table(natural),
+        *paired_table(natural, digits=1),
         "",
         f"Embedded digits 1×8×8, {num_victims} victims of 4 images; `bn_digits_net` (conv(8)-BN-ReLU ×2 + linear, "
         f"running statistics of the train split, eval mode); α_grad = {digits[2]['gradient_weight']:.2g} by the same "
         f"rule; {steps_digits} steps × {restarts} restarts.",
         "",
-        *_prior_table(digits),
+        *paired_table(digits, digits=1),
     ]
     return "\n".join(lines)
 

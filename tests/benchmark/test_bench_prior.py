@@ -89,3 +89,21 @@ def test_public_gradient_weight_is_one_over_the_median_squared_gradient_norm():
     model.zero_grad()
     expected = 1.0 / float(np.median(norms))
     assert public_gradient_weight(model, "digits", batches=5) == pytest.approx(expected, rel=1e-5)
+
+
+def test_paired_summary_is_the_hand_worked_per_victim_comparison():
+    """Three victims: B − A gains are (+1, 0, +2): median +1, two wins, and the base row gains 0 over itself."""
+    from dglbench.bench_attacks_more import paired_summary, paired_table
+
+    rows = [
+        {"label": "IG", "psnr": [10.0, 12.0, 14.0], "s": 1.0},
+        {"label": "B", "psnr": [11.0, 12.0, 16.0], "s": 2.0},
+    ]
+    paired_summary(rows, base=0)
+    assert rows[1]["wins"] == 2 and rows[0]["wins"] == 0
+    assert rows[1]["gain"][0] == 1.0 and rows[0]["gain"] == (0.0, 0.0, 0.0)
+    assert rows[1]["median"][0] == 12.0
+    assert rows[1]["gain"][1] <= 1.0 <= rows[1]["gain"][2]
+    assert rows[1]["gain"][1] >= 0.0
+    table = paired_table(rows, digits=1)
+    assert table[-1].startswith("| B |") and "+1.0 [" in table[-1] and "| 2/3 |" in table[-1]
