@@ -73,6 +73,7 @@ def run_trial(
     strategy: str | None = None,
     num_nodes: int = 1,
     i2f_share: Any = None,
+    log_progress: bool = False,
 ) -> list[VictimRecord]:
     """Run a trial over its victims and return one record per victim (sorted by victim id).
 
@@ -88,6 +89,8 @@ def run_trial(
         num_nodes: machines, for Lightning's multi-node launchers (torchrun, SLURM).
         i2f_share: a :class:`~dglbench.modules.I2FShare` holding this trial's group (trials that differ only
             in the defense): each victim's I2F is computed once for the group (what a sweep passes).
+        log_progress: print a plain line on stderr every 30 s or so (victim steps done, time spent and left),
+            for logs where a progress bar cannot draw (:class:`dglbench.progress.TextProgress`).
 
     Returns:
         The records on rank 0 (every victim, failed ones included); ``[]`` on other ranks.
@@ -98,12 +101,15 @@ def run_trial(
     if output_dir is not None:
         check_output_dir(output_dir)
         return _run_trial(
-            config, Path(output_dir), devices, accelerator, progress, logger, strategy, num_nodes, i2f_share
-        )
+            config, Path(output_dir), devices, accelerator, progress, logger, strategy, num_nodes, i2f_share,
+            log_progress,
+        )  # fmt: skip
     if devices != 1 or num_nodes != 1:
         raise ConfigError("a trial on several devices needs an output_dir that every rank can write to")
     with tempfile.TemporaryDirectory(prefix="dglbench-") as tmp:
-        return _run_trial(config, Path(tmp), devices, accelerator, progress, logger, strategy, num_nodes, i2f_share)
+        return _run_trial(
+            config, Path(tmp), devices, accelerator, progress, logger, strategy, num_nodes, i2f_share, log_progress
+        )
 
 
 def _run_trial(
@@ -116,9 +122,11 @@ def _run_trial(
     strategy: str | None,
     num_nodes: int = 1,
     i2f_share: Any = None,
+    log_progress: bool = False,
 ) -> list[VictimRecord]:
     from dglbench.datamodules import create_datamodule
     from dglbench.modules import LeakageModule, RecordWriter, log_record
+    from dglbench.progress import TextProgress
 
     if accelerator == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Victims are small: intra-op threads cost more than they give (a trial measured 7x slower with 2
@@ -143,10 +151,12 @@ def _run_trial(
         config, records_dir=str(parts.directory), i2f_share=i2f_share,
         images_dir=str(layout.images(config.trial_id).directory),
     )  # fmt: skip
+    callbacks: list[Any] = [RecordWriter(parts.directory)]
+    if log_progress:
+        callbacks.append(TextProgress(f"trial {config.trial_id}"))
     trainer = make_trainer(
-        devices, accelerator, progress, [RecordWriter(parts.directory)], logger=logger, strategy=strategy,
-        num_nodes=num_nodes,
-    )  # fmt: skip
+        devices, accelerator, progress, callbacks, logger=logger, strategy=strategy, num_nodes=num_nodes
+    )
     try:
         trainer.predict(module, datamodule=dm, return_predictions=False)
     except SystemExit as exc:  # Lightning turns Ctrl-C into a graceful shutdown and exit(1): say what it was

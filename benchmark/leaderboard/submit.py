@@ -220,7 +220,8 @@ def submit(
         root: the leaderboard data folder (default ``leaderboards/``).
         work_dir: where trial records are kept so that an interrupted submission resumes.
         reference / description: URL or DOI, and one line, stored with the defense.
-        progress: show Lightning's progress bar.
+        progress: show Lightning's progress bar; without it, a plain line every 30 s or so on stderr says how
+            far the privacy trial and the utility run are, for logs of background runs.
         data_root: where the dataset's files are (not needed for embedded datasets).
         skip_existing: return at once (``skipped=True``) when the entry file exists.
 
@@ -246,13 +247,16 @@ def submit(
     out_dir = Path(work_dir) / track.id / f"{entry_slug(info.name)}-{digest}"
     records: list[VictimRecord] = []
     for config in configs:
-        records += run_trial(config, devices=devices, accelerator=accelerator, output_dir=out_dir, progress=progress)
+        records += run_trial(
+            config, devices=devices, accelerator=accelerator, output_dir=out_dir, progress=progress,
+            log_progress=not progress,
+        )  # fmt: skip
     if process_rank() != 0:
         return None
     privacy_seconds = time.perf_counter() - start
     device = torch_device(accelerator).type
     t0 = time.perf_counter()
-    defended = fedsgd_accuracy(track, defense, info.params, device=device, data_root=data_root)
+    defended = fedsgd_accuracy(track, defense, info.params, device=device, data_root=data_root, log=True)
     undefended = undefended_accuracy(track, device=device, root=root, data_root=data_root)
     utility_seconds = time.perf_counter() - t0
     entry = build_entry(

@@ -90,6 +90,7 @@ def fedsgd_accuracy(
     device: str | torch.device = "cpu",
     rounds: int | None = None,
     data_root: str | None = None,
+    log: bool = False,
 ) -> FedSGDOutcome:
     """Test accuracy after the track's FedSGD protocol with ``defense(**params)`` applied to every client gradient.
 
@@ -100,11 +101,13 @@ def fedsgd_accuracy(
         device: where to train (``"cpu"``, ``"cuda"``).
         rounds: override the track's number of rounds (tests only; entries always use the track's).
         data_root: where the dataset's files are (embedded datasets need none).
+        log: print a plain progress line on stderr every 30 s or so (rounds done, time spent and left).
     """
     from dglbench.case import DefenseContext
     from dglbench.datamodules import create_datamodule
     from dglbench.defenses import apply_defense, clean_gradients, create_defense
     from dglbench.modules import build_victim_model
+    from dglbench.progress import Pace
 
     start = time.perf_counter()
     device = torch.device(device)
@@ -126,6 +129,7 @@ def fedsgd_accuracy(
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     trainable = [p for p in model.parameters() if p.requires_grad]
     draw = torch.Generator().manual_seed(spec.seed)
+    pace = Pace(f"utility of {defense} on {track.ref}", rounds, unit="FedSGD rounds") if log else None
     for k in range(rounds):
         perm = torch.randperm(n_train, generator=draw)[:per_round]
         total = [torch.zeros_like(p) for p in trainable]
@@ -140,6 +144,8 @@ def fedsgd_accuracy(
         with torch.no_grad():
             for p, t in zip(trainable, total):
                 p.sub_(spec.lr * t / spec.clients)
+        if pace is not None:
+            pace.step()
     accuracy, n_test = _accuracy(model, test, device, dtype)
     return FedSGDOutcome(round(accuracy, 4), n_test, rounds, time.perf_counter() - start)
 

@@ -226,7 +226,9 @@ def _rerun(
                 part = _parts_dir(out, config.trial_id) / f"victim-{j:06d}.json"
                 if not part.exists():
                     atomic_write_json(part, json.loads(json.dumps(stored[(trial_id, j)])))
-        records = run_trial(config, devices=devices, accelerator=accelerator, output_dir=out, progress=False)
+        records = run_trial(
+            config, devices=devices, accelerator=accelerator, output_dir=out, progress=False, log_progress=True
+        )
         reruns.append([r for r in records if r.victim_id in wanted])
     return reruns
 

@@ -42,11 +42,13 @@ def test_fedsgd_matches_a_hand_written_sgd_loop():
     assert abs(got.test_accuracy - expected) < 1e-3 and got.test_images == len(test) == 359
 
 
-def test_fedsgd_is_deterministic_and_the_defense_acts():
+def test_fedsgd_is_deterministic_and_the_defense_acts(capsys):
     track = _small(load_track("digits-convnet5"), rounds=4, clients=2, batch_size=16)
     a = fedsgd_accuracy(track, "gaussian", {"sigma": 0.5})
-    b = fedsgd_accuracy(track, "gaussian", {"sigma": 0.5})
+    assert capsys.readouterr().err == ""
+    b = fedsgd_accuracy(track, "gaussian", {"sigma": 0.5}, log=True)  # logging changes nothing but stderr
     assert a.test_accuracy == b.test_accuracy
+    assert f"utility of gaussian on {track.ref}: 4/4 FedSGD rounds" in capsys.readouterr().err
     # pruning every entry (ratio 1) shares zero gradients: the model stays at its initialization
     frozen = fedsgd_accuracy(track, "pruning", {"ratio": 1.0})
     untrained = fedsgd_accuracy(track, "none", {}, rounds=0)
