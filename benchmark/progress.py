@@ -3,8 +3,8 @@
 A leaderboard submission runs for an hour or more, usually in the background with its output in a log
 (``nohup ... > log``). :class:`Pace` prints one line at most every ``every`` seconds: how many steps are done,
 the time spent, and the time left at the pace of the last ``window`` steps (steps that resume from stored
-records take no time and would make a whole-run average too hopeful). :class:`TextProgress` does this for
-the victim steps of a Lightning prediction loop on the main process.
+records take no time: those under 5 % of the longest recent step are left out of the pace).
+:class:`TextProgress` does this for the victim steps of a Lightning prediction loop on the main process.
 
 Example:
     >>> import io
@@ -74,7 +74,8 @@ class Pace:
         self.printed = now
         line = f"{self.label}: {self.done}/{self.total} {self.unit}, {duration(now - self.start)}"
         if self.done < self.total:
-            line += f", about {duration((self.total - self.done) * sum(self.recent) / len(self.recent))} left"
+            real = [d for d in self.recent if d >= 0.05 * max(self.recent)]  # resumed steps take ~0 s
+            line += f", about {duration((self.total - self.done) * sum(real) / len(real))} left"
         print(line, file=self.stream or sys.stderr, flush=True)
         return line
 

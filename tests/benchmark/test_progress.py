@@ -14,8 +14,9 @@ def test_pace_throttles_and_estimates_from_the_last_steps():
     pace = Pace("job", total=5, every=30.0, window=2, stream=out, clock=clock)
     lines = [pace.step() for _ in range(5)]
     assert lines[:2] == [None, None]  # under 30 s since the start: nothing printed
-    # after step 3: 2 steps left × mean(1, 60) = 61 s
-    assert lines[2] == "job: 3/5 steps, 62 s, about 61 s left"
+    # after step 3: the window holds 1 s and 60 s; 1 s is under 5 % of 60 s (a resumed step) and is left out:
+    # 2 steps left × 60 s
+    assert lines[2] == "job: 3/5 steps, 62 s, about 2 min left"
     # after step 4: 1 step left × mean(60, 60) = 60 s
     assert lines[3] == "job: 4/5 steps, 2 min, about 60 s left"
     assert lines[4] == "job: 5/5 steps, 3 min"  # the last step always prints, without a time left
