@@ -383,6 +383,7 @@ class GradientOperator:
         self.input_dim = images[0].numel()
         self.params, self.buffers = functional_state(model)
         self.shapes = {k: v.shape for k, v in self.params.items()}
+        self._sizes = [v.numel() for v in self.params.values()]
         self.num_parameters = sum(v.numel() for v in self.params.values())
         self.products = 0
         if checkpoint is None:
@@ -411,8 +412,7 @@ class GradientOperator:
     # ------------------------------------------------------------------ FedAvg with checkpointed iterates
     def _step_gradient(self, delta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         """One victim's local gradient at ``θ_0 + Δθ_t`` (``delta`` flat), flat."""
-        sizes = [v.numel() for v in self.params.values()]
-        parts = dict(zip(self.params, delta.split(sizes)))
+        parts = dict(zip(self.params, delta.split(self._sizes)))
         theta = {k: v + parts[k].reshape(v.shape) for k, v in self.params.items()}
         grads = functional_gradient(self.model, theta, self.buffers, self.loss_fn, x, y)
         return torch.cat([t.reshape(-1) for t in grads.values()])
@@ -436,19 +436,17 @@ class GradientOperator:
         """``Kᵀ u`` by the adjoint recursion over the stored iterates; ``u`` is ``[V, d_θ]`` or ``[V, m, d_θ]``."""
         assert self.update is not None
         many = u.dim() == 3
+        lead = (slice(None),) * (u.dim() - 1)  # [V] or [V, m] in front of the batch dimension
         lr = self.update.lr
         schedule = self.update.schedule(self.images.shape[1])
-        grad_x = self.images.new_zeros((u.shape[0], u.shape[1], *self.images.shape[1:]) if many else self.images.shape)
+        grad_x = self.images.new_zeros((*u.shape[:-1], *self.images.shape[1:]))
         adjoint = u.to(self.gradient.dtype)
         for t in reversed(range(len(schedule))):
             part = schedule[t]
             labels = self.labels[:, part]
             _, fn = vjp(lambda d, x, y=labels: self._stacked_step(d, x, y), self._iterates[t], self.images[:, part])
             d_delta, d_x = vmap(fn, in_dims=1, out_dims=1)(adjoint) if many else fn(adjoint)
-            if many:
-                grad_x[:, :, part] -= lr * d_x
-            else:
-                grad_x[:, part] -= lr * d_x
+            grad_x[(*lead, part)] -= lr * d_x
             adjoint = adjoint - lr * d_delta.detach()
         return grad_x.detach()
 
@@ -456,7 +454,7 @@ class GradientOperator:
         """``Kᵀ u`` for ``u`` of shape ``[V, d_θ]``; returns ``[V, d_x]``."""
         self.products += 1
         try:
-            if self._vjp_fn is None:
+            if self._vjp_fn is None:  # checkpointed FedAvg
                 return self._adjoint(u).reshape(self.num_victims, -1)
             (out,) = self._vjp_fn(u.to(self.gradient.dtype))
         except RuntimeError as exc:

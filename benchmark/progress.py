@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -57,17 +58,17 @@ class Pace:
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self.label, self.total, self.unit, self.every, self.window = label, total, unit, every, window
+        self.label, self.total, self.unit, self.every = label, total, unit, every
         self.stream, self.clock = stream, clock
         self.start = self.last = self.printed = clock()
         self.done = 0
-        self.recent: list[float] = []
+        self.recent: deque[float] = deque(maxlen=window)
 
     def step(self) -> str | None:
         """One step is done; returns the line printed, if any."""
         now = self.clock()
         self.done += 1
-        self.recent = [*self.recent, now - self.last][-self.window :]
+        self.recent.append(now - self.last)
         self.last = now
         if now - self.printed < self.every and self.done < self.total:
             return None
