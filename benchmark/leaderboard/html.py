@@ -190,7 +190,7 @@ def _strips(rows: Sequence[Row], strips: dict[str, str]) -> str:
     )
     return (
         f"<details><summary>Reconstructions of the first {STRIP_VICTIMS} victims per entry (top: private image; "
-        f"bottom: the attack of the victim's worst PSNR)</summary>{items}</details>"
+        f"bottom: the attack of the victim's worst PSNR; crossed out: every attack failed)</summary>{items}</details>"
     )
 
 

@@ -5,8 +5,10 @@
 the top row its private image (the first of its batch) and the bottom row the reconstruction of the attack its
 worst PSNR came from that is paired with that image (one-to-one pairing of the batch by squared error, as the
 metrics pair; attacks such as imprint return a batch in their own order), pixels as saved (uint8), enlarged
-``SCALE`` times by repetition, separated by white lines. ``render`` embeds the strips in the page (no file
-outside it is loaded). An entry without saved images has no strip.
+``SCALE`` times by repetition, separated by white lines. A victim on which every attack failed has no
+reconstruction: its bottom cell is light grey crossed in red (not black, which would read as a reconstruction).
+``render`` embeds the strips in the page (no file outside it is loaded). An entry without saved images has no
+strip.
 
 Example:
     >>> strip_path("lb/v2/entries/t/none-0123456789ab.json").name
@@ -47,12 +49,13 @@ def strip_image(images_dir: str | Path, num_victims: int):
         except DglbenchError:
             continue
         batch = images["original"]
-        worst_batch = images.get("worst", torch.zeros_like(batch))
-        original = batch[0]
-        worst = worst_batch[int(pair_reconstructions(worst_batch.float(), batch.float())[0])]
-        pair = [
-            np.asarray((x.expand(3, -1, -1) * 255).round().to(torch.uint8).permute(1, 2, 0)) for x in (original, worst)
-        ]
+        pair = [np.asarray((batch[0].expand(3, -1, -1) * 255).round().to(torch.uint8).permute(1, 2, 0))]
+        if "worst" in images:
+            worst_batch = images["worst"]
+            worst = worst_batch[int(pair_reconstructions(worst_batch.float(), batch.float())[0])]
+            pair.append(np.asarray((worst.expand(3, -1, -1) * 255).round().to(torch.uint8).permute(1, 2, 0)))
+        else:
+            pair.append(_failed_cell(*pair[0].shape[:2]))
         h, w = pair[0].shape[:2]
         column = np.full((2 * h + _GAP, w, 3), 255, dtype=np.uint8)
         column[:h], column[h + _GAP :] = pair
@@ -66,6 +69,17 @@ def strip_image(images_dir: str | Path, num_victims: int):
         out[:, x : x + c.shape[1]] = c
         x += c.shape[1] + _GAP
     return out.repeat(SCALE, axis=0).repeat(SCALE, axis=1)
+
+
+def _failed_cell(h: int, w: int):
+    """Light grey crossed by two red diagonals: no reconstruction (every attack failed on the victim)."""
+    import numpy as np
+
+    cell = np.full((h, w, 3), 220, dtype=np.uint8)
+    rows = np.arange(h)
+    for cols in ((rows * (w - 1)) // max(h - 1, 1), w - 1 - (rows * (w - 1)) // max(h - 1, 1)):
+        cell[rows, cols] = (200, 0, 0)
+    return cell
 
 
 def write_strip(images_dir: str | Path, num_victims: int, path: str | Path) -> Path | None:

@@ -212,3 +212,18 @@ def test_the_strip_shows_the_reconstruction_paired_with_a_batch_victims_first_im
     want = (x[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     want = want.repeat(SCALE, 0).repeat(SCALE, 1)
     assert np.array_equal(pixels[: 4 * SCALE], want) and np.array_equal(pixels[6 * SCALE :], want)
+
+
+def test_a_victim_without_reconstruction_is_crossed_out_not_black(tmp_path):
+    """Every attack failed: no ``worst`` saved. The cell is grey with red diagonals, never a black 'image'."""
+    import numpy as np
+    from dglbench.layout import RunLayout, save_reconstructions
+    from dglbench.leaderboard.strip import SCALE, strip_image
+
+    folder = RunLayout(tmp_path / "run").images("t")
+    x = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    save_reconstructions(folder.victim(0), x, {}, worst=None)
+    cell = strip_image(folder.directory, 1)[6 * SCALE :: SCALE, ::SCALE]  # the bottom 4×4 cell, one pixel each
+    red = np.all(cell == (200, 0, 0), axis=-1)
+    assert red[np.arange(4), np.arange(4)].all() and red[np.arange(4), 3 - np.arange(4)].all()
+    assert np.all(cell[~red] == 220)
