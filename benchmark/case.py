@@ -48,6 +48,10 @@ class Case:
             model, its shared quantity and I2F are those of the modified model.
         imprint_bins: under a malicious server, the bins of its imprint block (256; more bins separate more
             images of a large batch, at a larger layer: see :mod:`dglbench.attacks.imprint`). Ignored otherwise.
+        imprint_scale: under a malicious server, the scale ``s`` of its imprint block's measuring layer (1.0:
+            the paper's block). The server multiplies that layer's weights and biases by ``s`` and the layer after
+            it by ``1/s``: the model computes the same function and the block's gradients grow by ``1/s``, above
+            noise a defense adds at a fixed scale (a noise-aware server; not in the paper). Ignored otherwise.
         update: the client's update rule, known to the attacker. ``"fedsgd"`` (the default): the client
             shares its gradient ``g``. ``"fedavg"``: it runs ``local_epochs · local_steps`` local SGD steps of
             rate ``local_lr`` from ``θ_0`` on mini-batches of ``local_batch_size`` of its images in a fixed
@@ -81,6 +85,7 @@ class Case:
     server_knows_batch_size: bool = True
     server: Literal["honest", "malicious"] = "honest"
     imprint_bins: Annotated[int, Range(ge=2)] = 256
+    imprint_scale: Annotated[float, Range(gt=0, le=1)] = 1.0
     update: Literal["fedsgd", "fedavg"] = "fedsgd"
     local_steps: Count = 5
     local_lr: Annotated[float, Range(gt=0)] = 1e-4

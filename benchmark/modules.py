@@ -322,7 +322,9 @@ class LeakageModule(pl.LightningModule):
         if self.config.case_obj.server == "malicious":  # the client trains the model the server sent
             from dglbench.attacks.imprint import imprint_victim_model
 
-            self.victim_model = imprint_victim_model(self.victim_model, dm, self.config.case_obj.imprint_bins)
+            self.victim_model = imprint_victim_model(
+                self.victim_model, dm, self.config.case_obj.imprint_bins, self.config.case_obj.imprint_scale
+            )
         self.defense = create_defense(self.config.defense, **self.config.defense_params)
         self.suite = attack_suite(self.config, self.defense) if self.mode != "estimate" else []
         self.lpips = None

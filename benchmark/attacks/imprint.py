@@ -18,10 +18,17 @@ module: ``breaching/cases/malicious_modifications/imprint.py`` (``ImprintBlock``
 the first at −10) and ``breaching/attacks/analytic_attack.py`` (``ImprintAttacker``: differences of consecutive
 rows, then the ratio, clamped to the pixel box; extra hits cut, missing ones filled with zeros).
 
+A noise-aware server (``scale`` < 1, ``case.imprint_scale``; not in the paper): the server multiplies the
+measuring layer's weights and biases by ``s`` and the returning layer's weights by ``1/s``. The model computes the
+same function (the ReLU is positively homogeneous), but the measuring layer's gradients, and so both differences
+above, grow by ``1/s`` while their ratio does not change: noise that a defense adds at a fixed scale shrinks
+against them by ``s``. Clipping before the noise (DP-SGD) scales them back, so it does not help there. A client that
+looked at its gradient's norm would see the block; like the paper, the threat model assumes it does not.
+
 Settings (the server's, of the block): ``bins`` :data:`IMPRINT_BINS` = 256, set per trial by
-``case: {server: malicious, imprint_bins: k}``. The paper and breaching leave the
-number of bins to the experiment (breaching's ``malicious-model-rtf`` case uses 64 for its default batch); 256 bins
-expect ``(1 − 1/256)^31`` = 89 % of a 32-image batch alone in a bin.
+``case: {server: malicious, imprint_bins: k}``; ``scale`` 1.0 (the paper's block), ``case.imprint_scale``. The
+paper and breaching leave the number of bins to the experiment (breaching's ``malicious-model-rtf`` case uses 64
+for its default batch); 256 bins expect ``(1 − 1/256)^31`` = 89 % of a 32-image batch alone in a bin.
 
 Example:
     >>> import torch
@@ -103,18 +110,23 @@ class ImprintBlock(nn.Module):
         thresholds: ``[k]`` increasing thresholds (:func:`bin_thresholds`).
         gain: every weight of ``decode`` is ``gain / k`` (the block adds the mean of its activations, times the gain,
             to every pixel).
+        scale: ``encode``'s weights and biases times ``scale``, ``decode``'s weights divided by it: the same function,
+            ``encode``'s gradients ``1 / scale`` times larger (a noise-aware server; see the module docstring).
     """
 
-    def __init__(self, image_shape: Sequence[int], thresholds: Tensor, gain: float = 1.0) -> None:
+    def __init__(self, image_shape: Sequence[int], thresholds: Tensor, gain: float = 1.0, scale: float = 1.0) -> None:
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         features, bins = math.prod(self.image_shape), int(thresholds.numel())
-        self.encode = nn.Linear(features, bins)
-        self.decode = nn.Linear(bins, features)
+        dtype = thresholds.dtype if thresholds.is_floating_point() else None  # filled in full precision, then cast
+        self.encode = nn.Linear(features, bins, dtype=dtype)
+        self.decode = nn.Linear(bins, features, dtype=dtype)
+        if not scale > 0:
+            raise ConfigError(f"the imprint block's scale must be > 0, got {scale}")
         with torch.no_grad():
-            self.encode.weight.fill_(1.0 / features)
-            self.encode.bias.copy_(-thresholds.to(self.encode.bias))
-            self.decode.weight.fill_(gain / bins)
+            self.encode.weight.fill_(scale / features)
+            self.encode.bias.copy_(-scale * thresholds.to(self.encode.bias))
+            self.decode.weight.fill_(gain / (bins * scale))
             self.decode.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,20 +147,27 @@ class ImprintedModel(nn.Module):
 
 
 def imprint_model(
-    model: nn.Module, image_shape: Sequence[int], statistics: Tensor, bins: int = IMPRINT_BINS, gain: float = 1.0
+    model: nn.Module,
+    image_shape: Sequence[int],
+    statistics: Tensor,
+    bins: int = IMPRINT_BINS,
+    gain: float = 1.0,
+    scale: float = 1.0,
 ) -> ImprintedModel:
     """``model`` with an imprint block in front, its bins at the quantiles of ``statistics`` (public brightness).
 
-    The block takes the dtype and device of ``model``'s parameters and the model's train/eval mode.
+    The block takes the dtype and device of ``model``'s parameters and the model's train/eval mode; ``gain`` and
+    ``scale`` as in :class:`ImprintBlock`.
     """
     ref = next(iter(model.parameters()), None)
-    block = ImprintBlock(image_shape, bin_thresholds(statistics, bins), gain)
-    if ref is not None:
-        block = block.to(device=ref.device, dtype=ref.dtype)
+    block = ImprintBlock(image_shape, bin_thresholds(statistics, bins), gain, scale)
+    block = block.to(device=ref.device, dtype=ref.dtype) if ref is not None else block.to(torch.get_default_dtype())
     return ImprintedModel(block, model).train(model.training)
 
 
-def imprint_victim_model(model: nn.Module, datamodule: Any, bins: int = IMPRINT_BINS) -> ImprintedModel:
+def imprint_victim_model(
+    model: nn.Module, datamodule: Any, bins: int = IMPRINT_BINS, scale: float = 1.0
+) -> ImprintedModel:
     """The malicious server's victim model: the statistic's bins from the data module's other (public) split.
 
     Args:
@@ -156,13 +175,14 @@ def imprint_victim_model(model: nn.Module, datamodule: Any, bins: int = IMPRINT_
         datamodule: a :class:`~dglbench.datamodules.base.VictimDataModule`; its victims' split stays private, the
             other split (up to :data:`PUBLIC_IMAGES` images, seeded) estimates the brightness distribution.
         bins: the block's bins.
+        scale: the block's scale (:class:`ImprintBlock`; 1.0 is the paper's block).
     """
     public = "train" if datamodule.split != "train" else "test"
     split = datamodule.train_dataset() if public == "train" else datamodule.test_dataset()
     count = len(split)
     picked = torch.randperm(count, generator=torch.Generator().manual_seed(0))[:PUBLIC_IMAGES].tolist()
     stats = torch.stack([brightness(split[i][0][None])[0] for i in picked])
-    return imprint_model(model, datamodule.image_shape, stats, bins)
+    return imprint_model(model, datamodule.image_shape, stats, bins, scale=scale)
 
 
 def _block(model: nn.Module) -> str | None:

@@ -126,3 +126,64 @@ def test_the_malicious_victim_model_is_the_imprinted_one(bins):
 def test_the_imprint_bin_count_is_checked_before_work_starts():
     with pytest.raises(ConfigError, match="imprint_bins"):
         _trial("malicious", imprint_bins=1)
+
+
+def test_a_scaled_block_computes_the_same_function_with_its_measuring_gradients_one_over_the_scale_larger():
+    """By the chain rule: with encode's weights and biases times s and decode's weights over s, the activations
+    h = ReLU(s(Wx + b)) are s times the paper's and decode's input weights 1/s times, so the output is the same;
+    ∂L/∂h is 1/s times the paper's, so encode's gradients are 1/s times and decode's weight gradients s times."""
+    s = 1e-3
+    public = torch.linspace(-1, 1, 1001, dtype=torch.float64)
+    x = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    plain = imprint_model(_body().double(), (1, 4, 4), public, bins=8)
+    scaled = imprint_model(_body().double(), (1, 4, 4), public, bins=8, scale=s)
+    torch.testing.assert_close(scaled(x), plain(x), rtol=1e-12, atol=1e-12)
+
+    def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+        names, params = zip(*model.named_parameters())
+        return dict(zip(names, torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)))
+
+    g_plain, g_scaled = grads(plain), grads(scaled)
+    factor = {"imprint.encode.weight": 1 / s, "imprint.encode.bias": 1 / s, "imprint.decode.weight": s}
+    for name, g in g_plain.items():
+        torch.testing.assert_close(g_scaled[name], factor.get(name, 1.0) * g, rtol=1e-9, atol=1e-14)
+
+
+def test_a_noise_aware_server_recovers_through_noise_that_stops_the_papers_block():
+    """The 32-image batch of distinct bins above, Gaussian noise of σ = 0.01 added to the shared gradient by hand:
+    the paper's block (scale 1) loses every image (off by > 0.1 somewhere), the block at scale 1e-8 recovers every
+    one to 0.01 (pixels of unit scale; float32)."""
+    body = timm.create_model("mlp_1x256", num_classes=10, in_chans=1, img_size=8).eval()
+    levels = torch.linspace(-0.95, 0.95, 32).tolist()
+    x = _shifted(torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(2)), levels)
+    y = torch.arange(32) % 10
+    errors = {}
+    for scale in (1.0, 1e-8):
+        model = imprint_model(body, (1, 8, 8), torch.linspace(-1, 1, 4001), bins=256, scale=scale)
+        g = flat_parameter_gradient(model, x, y)
+        noisy = g + 0.01 * torch.randn(g.shape, generator=torch.Generator().manual_seed(4))
+        result = create_attack("imprint").run(model, make_payload(MALICIOUS, noisy, y), (1, 8, 8))
+        errors[scale] = [min(float((r - xi).abs().max()) for r in result.images) for xi in x]
+    assert min(errors[1.0]) > 0.1
+    assert max(errors[1e-8]) < 1e-2
+
+
+def test_the_case_passes_the_imprint_scale_to_the_victim_model_and_checks_it():
+    from dglbench.datamodules import create_datamodule
+    from dglbench.modules import LeakageModule
+
+    module = LeakageModule(_trial("malicious", imprint_scale=1e-6))
+    dm = create_datamodule("digits", num_victims=1, images_per_victim=32, image_size=8)
+
+    class _Trainer:
+        datamodule = dm
+
+    module._trainer = _Trainer()
+    module.setup("predict")
+    block = module.victim_model.imprint
+    assert float(block.encode.weight[0, 0]) == pytest.approx(1e-6 / 64)
+    assert float(block.decode.weight[0, 0]) == pytest.approx(1 / (256 * 1e-6))
+    for bad in (0.0, 2.0):
+        with pytest.raises(ConfigError, match="imprint_scale"):
+            _trial("malicious", imprint_scale=bad)
