@@ -118,14 +118,13 @@ class ImprintBlock(nn.Module):
         super().__init__()
         self.image_shape = tuple(int(s) for s in image_shape)
         features, bins = math.prod(self.image_shape), int(thresholds.numel())
-        dtype = thresholds.dtype if thresholds.is_floating_point() else None  # filled in full precision, then cast
-        self.encode = nn.Linear(features, bins, dtype=dtype)
-        self.decode = nn.Linear(bins, features, dtype=dtype)
+        self.encode = nn.Linear(features, bins)
+        self.decode = nn.Linear(bins, features)
         if not scale > 0:
             raise ConfigError(f"the imprint block's scale must be > 0, got {scale}")
         with torch.no_grad():
             self.encode.weight.fill_(scale / features)
-            self.encode.bias.copy_(-scale * thresholds.to(self.encode.bias))
+            self.encode.bias.copy_(-scale * thresholds)  # in the thresholds' precision, rounded once
             self.decode.weight.fill_(gain / (bins * scale))
             self.decode.bias.zero_()
 
@@ -161,7 +160,8 @@ def imprint_model(
     """
     ref = next(iter(model.parameters()), None)
     block = ImprintBlock(image_shape, bin_thresholds(statistics, bins), gain, scale)
-    block = block.to(device=ref.device, dtype=ref.dtype) if ref is not None else block.to(torch.get_default_dtype())
+    if ref is not None:
+        block = block.to(device=ref.device, dtype=ref.dtype)
     return ImprintedModel(block, model).train(model.training)
 
 

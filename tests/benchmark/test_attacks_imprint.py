@@ -131,14 +131,15 @@ def test_the_imprint_bin_count_is_checked_before_work_starts():
 def test_a_scaled_block_computes_the_same_function_with_its_measuring_gradients_one_over_the_scale_larger():
     """By the chain rule: with encode's weights and biases times s and decode's weights over s, the activations
     h = ReLU(s(Wx + b)) are s times the paper's and decode's input weights 1/s times, so the output is the same;
-    ∂L/∂h is 1/s times the paper's, so encode's gradients are 1/s times and decode's weight gradients s times."""
+    ∂L/∂h is 1/s times the paper's, so encode's gradients are 1/s times and decode's weight gradients s times.
+    In float64, up to the block's initial values, which are set in float32 (relative 6e-8) and then cast."""
     s = 1e-3
     public = torch.linspace(-1, 1, 1001, dtype=torch.float64)
     x = torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0, 1])
     plain = imprint_model(_body().double(), (1, 4, 4), public, bins=8)
     scaled = imprint_model(_body().double(), (1, 4, 4), public, bins=8, scale=s)
-    torch.testing.assert_close(scaled(x), plain(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(scaled(x), plain(x), rtol=1e-6, atol=1e-9)
 
     def grads(model: nn.Module) -> dict[str, torch.Tensor]:
         names, params = zip(*model.named_parameters())
@@ -147,7 +148,7 @@ def test_a_scaled_block_computes_the_same_function_with_its_measuring_gradients_
     g_plain, g_scaled = grads(plain), grads(scaled)
     factor = {"imprint.encode.weight": 1 / s, "imprint.encode.bias": 1 / s, "imprint.decode.weight": s}
     for name, g in g_plain.items():
-        torch.testing.assert_close(g_scaled[name], factor.get(name, 1.0) * g, rtol=1e-9, atol=1e-14)
+        torch.testing.assert_close(g_scaled[name], factor.get(name, 1.0) * g, rtol=1e-6, atol=1e-12)
 
 
 def test_a_noise_aware_server_recovers_through_noise_that_stops_the_papers_block():
