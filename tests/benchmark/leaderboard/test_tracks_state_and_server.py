@@ -113,14 +113,15 @@ def test_fedsgd_utility_starts_from_the_initialization_not_the_trained_state(tmp
     assert outcome.test_accuracy == pytest.approx(at_init, abs=1e-3)
 
 
-def test_the_malicious_track_runs_imprint_under_the_malicious_case_without_i2f():
+@pytest.mark.parametrize(("track_id", "scale"), [("natural-imprint", 1.0), ("natural-imprint-scaled", 1e-8)])
+def test_the_malicious_tracks_run_imprint_under_the_malicious_case_without_i2f(track_id, scale):
     from dglbench.defenses import create_defense
     from dglbench.modules import attack_suite
 
-    track = load_track("natural-imprint@2", ROOT)
+    track = load_track(f"{track_id}@2", ROOT)
     (config,) = track.trial_configs("gaussian", {"sigma": 0.01})
     case = config.case_obj
-    assert (case.server, case.imprint_bins, case.update) == ("malicious", 256, "fedsgd")
+    assert (case.server, case.imprint_bins, case.update, case.imprint_scale) == ("malicious", 256, "fedsgd", scale)
     assert [a["name"] for a in config.attacks] == ["imprint"] and config.adaptive
     assert config.estimate is False and track.estimate is None
     b = track.data.params["images_per_victim"]
@@ -191,12 +192,14 @@ def test_validate_passes_on_the_new_tracks_and_their_entries(tmp_path):
     root = tmp_path / "leaderboards"
     (root / "v2" / "tracks").mkdir(parents=True)
     shutil.copytree(ROOT / "v2" / "schema", root / "v2" / "schema")
-    for name in ("natural-convnet5-trained", "natural-imprint"):
+    names = ("natural-convnet5-trained", "natural-imprint", "natural-imprint-scaled")
+    for name in names:
         shutil.copy(TRACKS / f"{name}.yaml", root / "v2" / "tracks")
     assert validate_paths([], root) == []
-    entries = ROOT / "v2" / "entries" / "natural-imprint"
-    if entries.is_dir():
-        assert validate_paths([entries], ROOT) == []
+    for name in names:
+        entries = ROOT / "v2" / "entries" / name
+        if entries.is_dir():
+            assert validate_paths([entries], ROOT) == []
 
 
 def test_the_strip_shows_the_reconstruction_paired_with_a_batch_victims_first_image(tmp_path):
