@@ -15,12 +15,22 @@ Example:
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
 from dglbench.errors import ConfigError
 
-__all__ = ["ACCELERATORS", "check_hardware", "device_name", "global_rank", "is_global_zero", "torch_device"]
+__all__ = [
+    "ACCELERATORS",
+    "check_hardware",
+    "device_name",
+    "global_rank",
+    "is_global_zero",
+    "one_cpu_thread",
+    "torch_device",
+]
 
 #: Accelerator names Lightning's Trainer accepts (``gpu`` is CUDA here).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
@@ -52,6 +62,32 @@ def torch_device(accelerator: str) -> torch.device:
     if accelerator == "mps":
         return torch.device("mps")
     return torch.device("cpu")
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device | str) -> Iterator[None]:
+    """One intra-op thread for the block when ``device`` is a CPU, the caller's count restored after.
+
+    The leaderboard's runs use it (the privacy trials of ``submit`` and ``verify``, the FedSGD utility run), so
+    that an entry's numbers do not depend on ``OMP_NUM_THREADS``: L-BFGS and selecting defenses (top-k,
+    pruning) turn the last-bit differences between thread counts into other results (``topk`` ratio 0.1 on
+    ``natural-imprint@2``: 58.4 % accuracy on one thread, 53.6 % on two). Small victims run fastest on one
+    thread anyway (see :func:`dglbench.runner.run_trial`).
+
+    Example:
+        >>> with one_cpu_thread("cpu"):
+        ...     torch.get_num_threads()
+        1
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @lru_cache(maxsize=1)

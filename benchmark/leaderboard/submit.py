@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dglbench.hardware import device_name, global_rank, torch_device
+from dglbench.hardware import device_name, global_rank, one_cpu_thread, torch_device
 from dglbench.io import atomic_write_json
 from dglbench.leaderboard.aggregate import (
     accuracy_drop,
@@ -246,11 +246,12 @@ def submit(
     configs = track.trial_configs(defense, info.params, data_root)
     out_dir = Path(work_dir) / track.id / f"{entry_slug(info.name)}-{digest}"
     records: list[VictimRecord] = []
-    for config in configs:
-        records += run_trial(
-            config, devices=devices, accelerator=accelerator, output_dir=out_dir, progress=progress,
-            log_progress=not progress,
-        )  # fmt: skip
+    with one_cpu_thread(torch_device(accelerator)):  # numbers independent of OMP_NUM_THREADS
+        for config in configs:
+            records += run_trial(
+                config, devices=devices, accelerator=accelerator, output_dir=out_dir, progress=progress,
+                log_progress=not progress,
+            )  # fmt: skip
     if process_rank() != 0:
         return None
     privacy_seconds = time.perf_counter() - start

@@ -20,9 +20,8 @@ Protocol (a track's ``utility`` block fixes ``rounds``, ``clients``, ``batch_siz
 With defense ``none`` this is the undefended accuracy; it is computed once per track and cached in
 ``leaderboards/v<N>/utility/<track>.json`` (keyed by the track's content hash and the device type).
 On a CPU the result is deterministic: the run uses one intra-op thread whatever ``OMP_NUM_THREADS`` or
-``torch.set_num_threads`` say, because a defense that selects entries (top-k, pruning) turns the last-bit
-differences between thread counts into other training runs (measured: ``topk`` ratio 0.1 on
-``natural-imprint@2`` ends at 58.4 % with one thread and 53.6 % with two).
+``torch.set_num_threads`` say (:func:`dglbench.hardware.one_cpu_thread`), because a defense that selects
+entries (top-k, pruning) turns the last-bit differences between thread counts into other training runs.
 
 Example:
     >>> from dglbench.leaderboard.track import load_track
@@ -38,8 +37,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +108,7 @@ def fedsgd_accuracy(
     from dglbench.case import DefenseContext
     from dglbench.datamodules import create_datamodule
     from dglbench.defenses import apply_defense, clean_gradients, create_defense
+    from dglbench.hardware import one_cpu_thread
     from dglbench.modules import build_victim_model
     from dglbench.progress import Pace
 
@@ -135,7 +133,7 @@ def fedsgd_accuracy(
     trainable = [p for p in model.parameters() if p.requires_grad]
     draw = torch.Generator().manual_seed(spec.seed)
     pace = Pace(f"utility of {defense} on {track.ref}", rounds, unit="FedSGD rounds") if log else None
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         for k in range(rounds):
             perm = torch.randperm(n_train, generator=draw)[:per_round]
             total = [torch.zeros_like(p) for p in trainable]
@@ -154,20 +152,6 @@ def fedsgd_accuracy(
                 pace.step()
         accuracy, n_test = _accuracy(model, test, device, dtype)
     return FedSGDOutcome(round(accuracy, 4), n_test, rounds, time.perf_counter() - start)
-
-
-@contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """One intra-op thread on a CPU for the block (the caller's count restored after); nothing elsewhere."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def utility_cache_path(track: Track, root: str | Path | None = None) -> Path:

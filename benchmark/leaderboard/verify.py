@@ -214,6 +214,7 @@ def _rerun(
     The trials keep the track's number of victims, so the victim protocol is the submission's.
     Returns, per trial, the re-run records of ``victims`` only.
     """
+    from dglbench.hardware import one_cpu_thread, torch_device
     from dglbench.io import atomic_write_json
     from dglbench.runner import run_trial
 
@@ -226,9 +227,10 @@ def _rerun(
                 part = _parts_dir(out, config.trial_id) / f"victim-{j:06d}.json"
                 if not part.exists():
                     atomic_write_json(part, json.loads(json.dumps(stored[(trial_id, j)])))
-        records = run_trial(
-            config, devices=devices, accelerator=accelerator, output_dir=out, progress=False, log_progress=True
-        )
+        with one_cpu_thread(torch_device(accelerator)):  # as submit ran them
+            records = run_trial(
+                config, devices=devices, accelerator=accelerator, output_dir=out, progress=False, log_progress=True
+            )
         reruns.append([r for r in records if r.victim_id in wanted])
     return reruns
 

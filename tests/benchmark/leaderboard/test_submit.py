@@ -65,3 +65,29 @@ def test_submit_rejects_unknown_defense_and_parameter(tiny_root):
     assert main(["leaderboard", "submit", "--track", "digits-convnet5", "--defense", "gaussian", "--param",
                  "sigmaa=1", "--out", str(tiny_root)]) == 2  # fmt: skip
     assert entry_files(tiny_root) == []
+
+
+def test_submit_and_verify_run_the_trials_on_one_thread_whatever_the_callers_count(tiny_root, tmp_path, monkeypatch):
+    """Entries must not depend on OMP_NUM_THREADS: the trials of submit and verify see one thread, and the
+    caller's count comes back after."""
+    import dglbench.runner
+
+    seen = []
+    real = dglbench.runner.run_trial
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dglbench.runner, "run_trial", spy)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the runner then leaves the count alone
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sub = submit("digits-convnet5", "none", root=tiny_root, work_dir=tmp_path / "runs")
+        assert torch.get_num_threads() == 2
+        verify_entry(sub.entry_path, victims=1, seed=0, root=tiny_root)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
