@@ -35,6 +35,7 @@ def _sections() -> dict[str, tuple[str, Callable[[], str]]]:
         "adaptive": ("Adaptive attacks vs plain attacks, per defense family", bench_adaptive.run),
         "attacks-more": ("Closed-form attacks and a malicious server", bench_attacks_more.run),
         "attacks-prior": ("GradInversion vs Inverting Gradients through BatchNorm", bench_attacks_more.run_prior),
+        "attacks-prior-long": ("GradInversion vs IG at 8× the budget", bench_attacks_more.run_prior_long),
         "imprint-noise": ("A noise-aware malicious server", bench_attacks_more.run_imprint_noise),
         "demo": ("Demo (experiment 1 on embedded data)", bench_demo.run),
         "sweep-share": ("Exp. 1 sweep wall time: I2F once per victim vs once per trial", _sweep_share),

@@ -107,3 +107,17 @@ def test_paired_summary_is_the_hand_worked_per_victim_comparison():
     assert rows[1]["gain"][1] >= 0.0
     table = paired_table(rows, digits=1)
     assert table[-1].startswith("| B |") and "+1.0 [" in table[-1] and "| 2/3 |" in table[-1]
+
+
+def test_measure_gradinversion_runs_the_chosen_variants_after_ig_and_resumes_from_its_cache(tmp_path, monkeypatch):
+    """variants=[2]: IG and the rescaled GradInversion only, in that order; a second call reads the cache and
+    attacks nothing."""
+    import dglbench.bench_attacks_more as bench
+
+    cache = tmp_path / "prior.json"
+    rows = bench.measure_gradinversion("digits", 1, iterations=2, restarts=1, cache=cache, variants=[2])
+    labels = [label for label, _, _ in bench.gradinversion_variants(rows[0]["gradient_weight"])]
+    assert [r["label"] for r in rows] == [labels[0], labels[2]]
+    monkeypatch.setattr(bench, "create_attack", lambda *a, **k: pytest.fail("re-ran a cached variant"))
+    again = bench.measure_gradinversion("digits", 1, iterations=2, restarts=1, cache=cache, variants=[2])
+    assert [r["psnr"] for r in again] == [r["psnr"] for r in rows]
