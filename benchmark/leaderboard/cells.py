@@ -67,7 +67,8 @@ def params_text(params: dict) -> str:
 
 
 def _defaults(defense: DefenseInfo) -> dict:
-    """Default parameter values of a built-in defense (``{}`` when unknown), and its first parameter's name."""
+    """Default parameter values of a built-in defense (``{}`` when unknown), less its strength parameter (the
+    class's ``strength``, else its first parameter), which a table always shows."""
     if defense.source != "builtin":
         return {}
     import dataclasses
@@ -78,13 +79,24 @@ def _defaults(defense: DefenseInfo) -> dict:
     if cls is None or not dataclasses.is_dataclass(cls):
         return {}
     fields = [f for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
-    return {f.name: f.default for f in fields[1:]}  # the first parameter is the strength: always shown
+    strength = getattr(cls, "strength", None) or (fields[0].name if fields else None)
+    return {f.name: f.default for f in fields if f.name != strength}
 
 
 def shown_params(defense: DefenseInfo) -> str:
-    """The defense's parameters for a table: built-in defaults are left out, except the first parameter."""
+    """The defense's parameters for a table: the strength and every value that differs from a built-in default.
+
+    A privacy accountant's ``steps`` and ``sample_rate`` are left out where the entry carries its (ε, δ): on
+    protocol-2 tracks the track sets them from its FedSGD run, the same for every entry, and ε says what they give.
+    """
+    from dglbench.leaderboard.protocol import ACCOUNTING_KEYS
+
     defaults = _defaults(defense)
-    return params_text({k: v for k, v in defense.params.items() if k not in defaults or defaults[k] != v})
+    accounted = isinstance((defense.formal_privacy or {}).get("epsilon"), (int, float))
+    hidden = set(ACCOUNTING_KEYS) if accounted and set(ACCOUNTING_KEYS) <= defense.params.keys() else set()
+    return params_text(
+        {k: v for k, v in defense.params.items() if k not in hidden and (k not in defaults or defaults[k] != v)}
+    )
 
 
 def defense_text(defense: DefenseInfo) -> str:

@@ -79,7 +79,8 @@ def rule_v2(board: Board) -> str:
         f"leakage, then mean worst-case {METRIC_LABELS[t.ranking.tie_break]} (lower first), then entry id. Entries "
         "beyond the accuracy bar are listed unranked. Acc. drop = undefended minus defended accuracy, in points "
         "(positive: accuracy lost). ★: privacy-utility frontier. Parameters: the strength and every value that "
-        "differs from the defense's default (the CSV lists all)."
+        "differs from the defense's default; a privacy accountant's steps and sample rate are in its ε (the CSV "
+        "lists all)."
     )
 
 

@@ -204,3 +204,23 @@ def test_strip_shows_each_victims_private_image_above_its_worst_case_reconstruct
     page = (root / "index.html").read_text()
     assert base64.b64encode(path.read_bytes()).decode() in page and "worst PSNR" in page
     assert write_strip(tmp_path / "nothing", 64, tmp_path / "none.png") is None
+
+
+def test_a_table_shows_each_defenses_strength_and_its_non_defaults_but_not_the_tracks_accounting():
+    """By hand: dp_sgd's strength is sigma (shown at its default 1.0), clip 1.0 is a default; steps and
+    sample_rate come from the track and are in ε. Gaussian shows sigma; a non-default value is shown."""
+    from dglbench.leaderboard.cells import shown_params
+    from dglbench.leaderboard.schema import DefenseInfo
+
+    def info(name, params, formal=None):
+        return DefenseInfo(name, name, params, "builtin", None, None, None, None, formal)
+
+    dp = {"clip": 1.0, "sigma": 1.0, "delta": 1e-5, "steps": 200, "sample_rate": 0.876712328767}
+    assert shown_params(info("dp_sgd", dp, {"epsilon": 139.0, "delta": 1e-5})) == "sigma=1.0"
+    assert shown_params(info("dp_sgd", {**dp, "clip": 10.0}, {"epsilon": 9.0, "delta": 1e-5})) == "clip=10.0, sigma=1.0"
+    # without a reported ε the accountant's values stay (what they give is not on the page otherwise)
+    assert shown_params(info("dp_sgd", dp)) == "sample_rate=0.876712328767, sigma=1.0, steps=200"
+    assert shown_params(info("gaussian", {"sigma": 0.01})) == "sigma=0.01"
+    assert shown_params(info("quantization", {"bits": 2, "mode": "uniform", "rounding": "stochastic"})) == (
+        "bits=2, rounding=stochastic"
+    )
