@@ -243,7 +243,7 @@ def run_imprint_noise() -> str:
     held = [label(r["defense"]) for r in rows if r["defense"][0] != "none" and r["shares"][scales[-1]][2] < 0.05]
     lines = [
         f"**A malicious server that scales its imprint block by {scales[-1]:g} recovers through "
-        f"{', '.join(opened) or 'none of the defenses'} as if there were no defense (undefended: "
+        f"{', '.join(opened) or 'none of the defenses'} about as much as without a defense (undefended: "
         f"{100 * base:.0f} % of a batch), where the paper's block recovers nothing through them.** The scaled block "
         f"computes the same function, so the client cannot tell it from its outputs; its measuring gradients grow by "
         f"1/scale above noise of a fixed size. Still below 5 % at scale {scales[-1]:g}: {', '.join(held) or 'none'} "
