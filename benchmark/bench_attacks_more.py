@@ -180,6 +180,21 @@ IMPRINT_NOISE_DEFENSES: tuple[tuple[str, dict[str, Any]], ...] = (
 IMPRINT_SCALES = (1.0, 1e-4, 1e-8)
 
 
+def _imprint_shares(
+    split: str, victims: int, scale: float, defenses: Sequence[tuple[str, dict[str, Any]]]
+) -> list[list[float]]:
+    """Per defense, per victim (batches of 32 natural photographs of ``split`` through ConvNet5 behind the imprint
+    block at ``scale``): the share of the victim's images that imprint recovers above 40 dB. One set-up serves all
+    defenses."""
+    data = {"split": split, "num_victims": victims, "images_per_victim": 32, "image_size": 32}
+    case, dm, model, box = _setup("natural", "convnet5", {"server": "malicious"}, data, scale=scale)
+    out = []
+    for defense in defenses:
+        psnr, _ = _attack_victims("imprint", case, dm, model, box, defense)
+        out.append([float(np.mean([p > 40 for p in victim])) for victim in psnr])
+    return out
+
+
 def measure_imprint_noise(
     scales: Sequence[float] = IMPRINT_SCALES,
     defenses: Sequence[tuple[str, dict[str, Any]]] = IMPRINT_NOISE_DEFENSES,
@@ -188,19 +203,15 @@ def measure_imprint_noise(
     """imprint through each defense on ``num_victims`` batches of 32 natural train photographs through ConvNet5 (the
     malicious-server track's model and data), for each scale of the block: per victim the share of its images above
     40 dB, mean with a 95 % bootstrap interval. Soteria runs on the first two victims only (its cost)."""
-    rows = []
-    for name, params in defenses:
-        row: dict[str, Any] = {"defense": (name, params), "shares": {}}
-        victims = 2 if name == "soteria" else num_victims
-        for scale in scales:
-            data = {"split": "train", "num_victims": victims, "images_per_victim": 32, "image_size": 32}
-            case, dm, model, box = _setup("natural", "convnet5", {"server": "malicious"}, data, scale=scale)
-            psnr, seconds = _attack_victims("imprint", case, dm, model, box, (name, params))
-            shares = [float(np.mean([p > 40 for p in victim])) for victim in psnr]
-            row["shares"][scale] = bootstrap_interval(shares, np.mean)
-            row["victims"], row["s"] = victims, seconds
-            print("imprint-noise", name, params, scale, [round(x, 3) for x in shares], flush=True)
-        rows.append(row)
+    rows = [
+        {"defense": d, "shares": {}, "victims": 2 if d[0] == "soteria" else num_victims} for d in defenses
+    ]  # fmt: skip
+    for scale in scales:
+        for victims in sorted({r["victims"] for r in rows}):
+            mine = [r for r in rows if r["victims"] == victims]
+            for row, shares in zip(mine, _imprint_shares("train", victims, scale, [r["defense"] for r in mine])):
+                row["shares"][scale] = bootstrap_interval(shares, np.mean)
+                print("imprint-noise", *row["defense"], scale, [round(x, 3) for x in shares], flush=True)
     return rows
 
 
@@ -213,15 +224,11 @@ def measure_imprint_scale_choice(
     track's victims being train images): the share of images above 40 dB without a defense for each of
     ``scales`` (all 9 batches), and under Gaussian noise of each of ``sigmas`` at each of ``noisy_scales``
     (the first 4 batches)."""
-
-    def share(scale: float, victims: int, defense: tuple[str, dict[str, Any]]) -> float:
-        data = {"split": "test", "num_victims": victims, "images_per_victim": 32, "image_size": 32}
-        case, dm, model, box = _setup("natural", "convnet5", {"server": "malicious"}, data, scale=scale)
-        psnr, _ = _attack_victims("imprint", case, dm, model, box, defense)
-        return float(np.mean([p > 40 for victim in psnr for p in victim]))
-
-    clean = {scale: share(scale, 9, ("none", {})) for scale in scales}
-    noisy = {(s, g): share(s, 4, ("gaussian", {"sigma": g})) for s in noisy_scales for g in sigmas}
+    clean = {s: float(np.mean(_imprint_shares("test", 9, s, [("none", {})])[0])) for s in scales}
+    noisy = {}
+    for s in noisy_scales:
+        per_sigma = _imprint_shares("test", 4, s, [("gaussian", {"sigma": g}) for g in sigmas])
+        noisy.update({(s, g): float(np.mean(v)) for g, v in zip(sigmas, per_sigma)})
     return {"clean": clean, "noisy": noisy, "sigmas": tuple(sigmas), "noisy_scales": tuple(noisy_scales)}
 
 
@@ -231,16 +238,13 @@ def run_imprint_noise() -> str:
     rows = measure_imprint_noise()
     choice = measure_imprint_scale_choice()
     scales = IMPRINT_SCALES
-
-    def label(defense: tuple[str, dict[str, Any]]) -> str:
-        return " ".join([defense[0], *(f"{k}={v}" for k, v in defense[1].items())])
-
+    defended = [r for r in rows if r["defense"][0] != "none"]
     base = next(r for r in rows if r["defense"][0] == "none")["shares"][scales[0]][0]
     opened = [
-        label(r["defense"]) for r in rows
-        if r["defense"][0] != "none" and r["shares"][scales[0]][2] < 0.05 and r["shares"][scales[-1]][0] > 0.5 * base
+        _defense_label(r["defense"]) for r in defended
+        if r["shares"][scales[0]][2] < 0.05 and r["shares"][scales[-1]][0] > 0.5 * base
     ]  # fmt: skip
-    held = [label(r["defense"]) for r in rows if r["defense"][0] != "none" and r["shares"][scales[-1]][2] < 0.05]
+    held = [_defense_label(r["defense"]) for r in defended if r["shares"][scales[-1]][2] < 0.05]
     lines = [
         f"**A malicious server that scales its imprint block by {scales[-1]:g} recovers through "
         f"{', '.join(opened) or 'none of the defenses'} about as much as without a defense (undefended: "
@@ -258,7 +262,7 @@ def run_imprint_noise() -> str:
         "| defense | " + " | ".join(f"scale {s:g}" for s in scales) + " |",
         "|---|" + "---:|" * len(scales),
         *(
-            f"| {label(r['defense'])} | "
+            f"| {_defense_label(r['defense'])} | "
             + " | ".join(
                 f"{100 * r['shares'][s][0]:.1f} % [{100 * r['shares'][s][1]:.1f}, {100 * r['shares'][s][2]:.1f}]"
                 for s in scales
@@ -382,6 +386,11 @@ def paired_table(rows: list[dict[str, Any]], digits: int) -> list[str]:
     ]
 
 
+def _defense_label(defense: tuple[str, dict[str, Any]]) -> str:
+    """``gaussian sigma=0.01`` for ``("gaussian", {"sigma": 0.01})``."""
+    return " ".join([defense[0], *(f"{k}={v}" for k, v in defense[1].items())])
+
+
 def _db(value: tuple[float, float, float]) -> str:
     return f"{value[0]:.1f} [{value[1]:.1f}, {value[2]:.1f}]"
 
@@ -411,11 +420,7 @@ def run() -> str:
         "",
         "| defense | median PSNR (dB) [95 % CI] | min PSNR | s / victim |",
         "|---|---:|---:|---:|",
-        *(
-            f"| {' '.join([r['defense'][0], *(f'{k}={v}' for k, v in r['defense'][1].items())])} | {_db(r['psnr'])} "
-            f"| {r['min']:.1f} | {r['s']:.3f} |"
-            for r in analytic
-        ),
+        *(f"| {_defense_label(r['defense'])} | {_db(r['psnr'])} | {r['min']:.1f} | {r['s']:.3f} |" for r in analytic),
         "",
         '`imprint` (Fowl et al. 2022), `Case(server="malicious")`: the imprint block (k bins of the mean brightness '
         "at quantiles of the other split's brightness, ReLU, added back to the image) in front of `mlp_1x256`; "
