@@ -302,8 +302,11 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, command):
         spec.write_text(slow_spec + "  attack_params.max_iterations: {value: 100000}\n")
         argv = ["sweep", "run", str(spec), "--out", str(out), "--quiet", "--no-report"]
         ready = out / "sweep.json"  # the spec is checked and the folder locked
+    # a shell starts background jobs with SIGINT ignored, and a child inherits that (Python then installs no
+    # KeyboardInterrupt handler): give the command the default disposition a terminal user's command has
     proc = subprocess.Popen([sys.executable, "-m", "dglbench.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env(), cwd=tmp_path)  # fmt: skip
+                            stderr=subprocess.PIPE, env=env(), cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 300  # a loaded 2-core machine can take minutes to import and start
     while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
