@@ -3,7 +3,8 @@
 Every user error (bad config, unknown name, missing data, corrupt file, unusable hardware or output
 folder) is printed as one line ``dglbench: error: ...`` with exit status 2, checked before work starts;
 nothing is left half-written. Ctrl-C prints ``dglbench: interrupted; re-run the same command to
-resume`` and exits 130 (finished victims and trials are kept). Output into a closed pipe
+resume`` and exits 130 (finished victims and trials are kept); SIGTERM (``kill``, a batch scheduler's
+pre-emption) stops the same way, says ``terminated``, and exits 143. Output into a closed pipe
 (``dglbench models | head``) stops quietly with status 141, as a process killed by SIGPIPE.
 """
 
@@ -275,6 +276,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C raises :class:`KeyboardInterrupt`."""
+
+
+_terminated = False
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Lightning's Trainer only logs SIGTERM and runs on (it calls a handler installed before it, this one);
+    # unwinding as Ctrl-C does keeps every finished victim and trial, and nothing half-written
+    global _terminated
+    _terminated = True
+    raise _Terminated
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the command as Ctrl-C does (an ignored SIGTERM, the caller's choice, stays ignored)."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dglbench`` command; returns the exit status."""
     import warnings
@@ -285,13 +307,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
+    if argv is None:  # the command itself, not a caller of main([...]) that owns its process's signals
+        _stop_on_sigterm()
     try:
         code = args.handler(args)
         sys.stdout.flush()
     except DglbenchError as exc:
         print(f"dglbench: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the runner turns Lightning's exit after an interrupt back into this
+        if _terminated:
+            print("dglbench: terminated; re-run the same command to resume", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("dglbench: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `dglbench models | head`: the reader left; stop quietly, as a killed `cat` would

@@ -49,7 +49,10 @@ def make_trainer(devices: int, accelerator: str, progress: bool, callbacks: list
     """A Trainer for evaluation: no checkpoints, gradients enabled, DDP when ``devices > 1``."""
     import lightning.pytorch as pl
 
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning",
+        "lightning.pytorch.trainer.connectors.signal_connector",  # "Received SIGTERM": the command says it
+    ):  # fmt: skip
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*")

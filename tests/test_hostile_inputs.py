@@ -289,8 +289,16 @@ def test_models_into_a_closed_pipe_is_quiet():
     assert err == "", err
 
 
-@pytest.mark.parametrize("command", ["run", "sweep"])
-def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, command):
+@pytest.mark.parametrize(
+    ("command", "signum", "said", "status"),
+    [
+        ("run", signal.SIGINT, "interrupted", 130),
+        ("sweep", signal.SIGINT, "interrupted", 130),
+        # a batch scheduler's pre-emption; Lightning alone logs it and runs on
+        ("run", signal.SIGTERM, "terminated", 143),
+    ],
+)
+def test_ctrl_c_and_sigterm_say_how_to_resume(tmp_path, command, signum, said, status):
     out = tmp_path / "out"
     slow = ["--attack=inverting_gradients", "--attack_params.max_iterations=100000", "--dataset_params.num_victims=1"]
     if command == "run":
@@ -314,10 +322,10 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, command):
         proc.kill()
         pytest.fail(f"{command} did not start within 300 s: {proc.communicate()[1].decode()[-500:]}")
     time.sleep(2.0)  # well inside the work
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
     err = stderr.decode()
-    assert proc.returncode == 130, err
+    assert proc.returncode == status, err
     assert "Traceback" not in err
-    assert [ln for ln in err.splitlines() if ln.strip()] == ["dglbench: interrupted; re-run the same command to resume"]
+    assert [ln for ln in err.splitlines() if ln.strip()] == [f"dglbench: {said}; re-run the same command to resume"]
     assert not (out / "sweep.lock").exists()
