@@ -43,22 +43,25 @@ METRIC_LABELS = {name: REGISTRY[name].label for name in METRICS}  # labels from 
 ATTACK_LABELS = {"inverting_gradients": "IG", "dlg": "DLG", "idlg": "iDLG"}
 
 
-def number(x: float | None, digits: int = 2) -> str:
-    """``x`` with ``digits`` decimals (scientific when tiny or huge); ``–`` for a missing value."""
+def number(x: float | None, digits: int = 2, scientific: bool = True) -> str:
+    """``x`` with ``digits`` decimals (scientific when tiny or huge, unless ``scientific=False``); ``–`` for a
+    missing value."""
     if x is None:
         return "–"
-    if x != 0 and (abs(x) < 10 ** (-digits) or abs(x) >= 1e5):
+    if scientific and x != 0 and (abs(x) < 10 ** (-digits) or abs(x) >= 1e5):
         return f"{x:.{digits}e}"
     return f"{x:.{digits}f}"
 
 
-def fmt_stat(mean: float | None, low: float | None, high: float | None, digits: int = 2) -> str:
+def fmt_stat(
+    mean: float | None, low: float | None, high: float | None, digits: int = 2, scientific: bool = True
+) -> str:
     """``mean [low, high]`` (``–`` for a missing mean; the interval only when present)."""
     if mean is None:
         return "–"
     if low is None or high is None:
-        return number(mean, digits)
-    return f"{number(mean, digits)} [{number(low, digits)}, {number(high, digits)}]"
+        return number(mean, digits, scientific)
+    return f"{number(mean, digits, scientific)} [{number(low, digits, scientific)}, {number(high, digits, scientific)}]"
 
 
 def params_text(params: dict) -> str:
@@ -207,7 +210,8 @@ def v2_columns(track: Track, floors: dict[str, float | None] | None = None) -> l
 def v2_cells(track: Track, row: Row) -> list[tuple[str, object]]:
     """Protocol 2: ``(text, sort value)`` per column of :func:`v2_columns`."""
     e, w = row.entry, row.entry.worst_case
-    leak = fmt_stat(row.value, row.low, row.high, 3) if row.value is not None else "–"
+    # leakage lies in [0, 1]: three fixed decimals, as the rule's resolution ("0.000", not "4.151e-05")
+    leak = fmt_stat(row.value, row.low, row.high, 3, scientific=False) if row.value is not None else "–"
     cells: list[tuple[str, object]] = [
         (row.rank_text, row.rank), (defense_text(e.defense), None), (shown_params(e.defense), None),
         (f"**{leak}**" if row.rank is not None else leak, row.value),

@@ -74,6 +74,8 @@ def rule_v2(board: Board) -> str:
         + " and ".join(METRIC_LABELS[m] for m in t.ranking.leakage)
         + " each as the fraction of the way from a blind guess (the data set's mean image; "
         f"{'floors: ' + shown if shown else 'floors in the records'}) to a perfect reconstruction, at least 0. "
+        "The mean is over the victims on which an attack succeeded; Failed counts the others (every attack "
+        "failed there), and an entry with none left has no leakage and is listed unranked. "
         f"Interval: 95 % percentile bootstrap over victims ({t.ranking.bootstrap} resamples, seed "
         f'{t.ranking.bootstrap_seed}); entries whose intervals overlap share a rank ("2-4"). Listed by mean '
         f"leakage, then mean worst-case {METRIC_LABELS[t.ranking.tie_break]} (lower first), then entry id. Entries "
@@ -98,14 +100,27 @@ def how_to_cite(board: Board) -> str:
 
 
 def boards(root: str | Path | None = None) -> list[Board]:
-    """Every stored track with its entries ranked: protocol-2 tracks first, then with entries, CPU, by id."""
+    """Every stored track with its entries ranked: protocol-2 tracks first, then with entries, CPU, by id.
+
+    Ids are compared word by word (``natural-convnet5`` before its variant ``natural-convnet5-trained``, whose
+    description refers to it; plain string order would put ``-`` before ``@``).
+    """
     root = Path(root or default_root())
     entries = [load_entry(p) for p in entry_files(root)]
     out = []
     for ref in list_tracks(root):
         track = load_track(ref, root)
         out.append(Board(track, rank_entries(track, entries)))
-    return sorted(out, key=lambda b: (b.track.protocol != 2, not b.rows, b.track.scale != "cpu", b.track.ref))
+    return sorted(
+        out,
+        key=lambda b: (
+            b.track.protocol != 2,
+            not b.rows,
+            b.track.scale != "cpu",
+            b.track.id.split("-"),
+            b.track.version,
+        ),
+    )
 
 
 def _markdown_v2(board: Board) -> str:

@@ -224,3 +224,27 @@ def test_a_table_shows_each_defenses_strength_and_its_non_defaults_but_not_the_t
     assert shown_params(info("quantization", {"bits": 2, "mode": "uniform", "rounding": "stochastic"})) == (
         "bits=2, rounding=stochastic"
     )
+
+
+def test_the_committed_board_lists_v2_first_and_a_base_track_before_its_variants():
+    from dglbench.leaderboard.render import boards
+
+    refs = [b.track.ref for b in boards(Path(__file__).parents[3] / "leaderboards")]
+    versions = [int(r.rsplit("@", 1)[1]) for r in refs]
+    assert versions == sorted(versions, reverse=True)  # v2, the current protocol, above v1
+    # the trained variant's description refers to the base track: the base comes first, as a reader needs
+    assert refs.index("natural-convnet5@2") < refs.index("natural-convnet5-trained@2")
+    assert refs.index("natural-imprint@2") < refs.index("natural-imprint-scaled@2")
+
+
+def test_leakage_cells_have_three_fixed_decimals_other_metrics_go_scientific_when_tiny():
+    from dglbench.leaderboard.cells import fmt_stat, v2_cells
+    from dglbench.leaderboard.render import boards
+
+    assert fmt_stat(4.151e-05, 0.0, 1.245e-04, 3) == "4.151e-05 [0.000, 1.245e-04]"  # an l2 error, say
+    assert fmt_stat(4.151e-05, 0.0, 1.245e-04, 3, scientific=False) == "0.000 [0.000, 0.000]"
+    assert fmt_stat(0.4279, 0.3056, 0.5496, 3, scientific=False) == "0.428 [0.306, 0.550]"
+    cells = [v2_cells(b.track, r)[3][0] for b in boards(Path(__file__).parents[3] / "leaderboards")
+             if b.track.protocol == 2 for r in b.rows]  # fmt: skip
+    fixed = r"(\*\*)?[01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\](\*\*)?|–"  # "–": every victim failed
+    assert cells and all(re.fullmatch(fixed, c) for c in cells), cells
