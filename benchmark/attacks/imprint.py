@@ -205,8 +205,9 @@ class Imprint(RowRatioAttack):
         label_strategy: how labels absent from the payload are inferred ("auto", "idlg", "llg").
         restarts: 1 (nothing to restart).
 
-    More nonempty bins than images (noise): the ``B`` with the largest ``|Δb|`` are kept; fewer (collisions): every
-    nonempty bin's ratio is returned and the rest of the batch is zeros (the data mean), as ``ImprintAttacker`` does.
+    More nonempty bins than images (noise): the ``B`` with the largest ``|Δb|`` are kept; fewer (collisions, or none
+    when a defense zeroed the block's gradients): every nonempty bin's ratio is returned and the rest of the batch
+    is zeros (the data mean), as ``ImprintAttacker`` does; the attack never fails.
     ``final_loss`` is the share of the batch without a nonempty bin of its own, ``max(0, B − bins hit) / B``.
 
     Example:
@@ -233,11 +234,10 @@ class Imprint(RowRatioAttack):
             db = v.target[b_start : b_start + b_shape.numel()]
             dw_bins = torch.cat([dw[:-1] - dw[1:], dw[-1:]])  # row i minus row i+1: the images in bin i
             db_bins = torch.cat([db[:-1] - db[1:], db[-1:]])
+            # every bin empty (a defense zeroed the block's gradients): no row is hit and the whole batch is the
+            # data mean, as ImprintAttacker answers; a result (leakage about 0), not a failed attack
             hit = torch.nonzero(db_bins.abs() > self.rtol * db_bins.abs().max()).flatten()
             labels = v.labels if v.labels is not None else torch.zeros(batch, dtype=torch.long)
-            if not bool(db_bins.abs().max() > 0):
-                outcomes.append(Outcome(v.inits[0], labels, math.nan, 0, [], "every bin's bias gradient is zero"))
-                continue
             if len(hit) > batch:
                 hit = hit[db_bins[hit].abs().argsort(descending=True)[:batch]]
             images = dw_bins[hit] / db_bins[hit, None]

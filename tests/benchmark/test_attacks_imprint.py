@@ -188,3 +188,23 @@ def test_the_case_passes_the_imprint_scale_to_the_victim_model_and_checks_it():
     for bad in (0.0, 2.0):
         with pytest.raises(ConfigError, match="imprint_scale"):
             _trial("malicious", imprint_scale=bad)
+
+
+def test_a_defense_that_zeroes_the_block_leaves_the_data_mean_a_result_not_a_failure():
+    """No bin's bias gradient survives (pruning at a high ratio does this): as ``ImprintAttacker`` (its empty set
+    of hits padded with zeros), the answer is the whole batch at zero, the data mean of normalized pixels, with
+    the share of the batch without a bin, 1, as its loss."""
+    model = imprint_model(_body(), (1, 4, 4), torch.linspace(-1, 1, 1001), bins=4)
+    x = _shifted(torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(2)), [-0.8, -0.2, 0.3])
+    y = torch.tensor([0, 1, 2])
+    grad = flat_parameter_gradient(model, x, y)
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    start = sum(sizes[: names.index("imprint.encode.weight")])
+    stop = sum(sizes[: names.index("imprint.encode.bias") + 1])
+    defended = grad.clone()
+    defended[start:stop] = 0  # the block's gradients gone, the body's intact
+    result = create_attack("imprint").run(model, make_payload(MALICIOUS, defended, y), tuple(x.shape[1:]))
+    assert result.status == "ok" and result.final_loss == 1.0
+    assert result.images.shape == x.shape and bool((result.images == 0).all())
+    assert _attack(model, x, y).final_loss == 0.0  # undefended, the same batch is recovered whole
