@@ -219,7 +219,8 @@ class Seeds:
 
 @dataclass(frozen=True)
 class Seconds:
-    """Wall time of the submission."""
+    """Wall time of the submission: ``privacy`` includes earlier runs' time on the trial records a resumed
+    submission reused (:func:`~dglbench.leaderboard.submit.reused_seconds`); ``total`` is privacy plus utility."""
 
     privacy: float
     utility: float

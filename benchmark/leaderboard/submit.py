@@ -53,7 +53,23 @@ from dglbench.leaderboard.typed import to_dict
 from dglbench.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
 from dglbench.record import VictimRecord
 
-__all__ = ["Submission", "build_entry", "code_hash", "defense_info", "process_rank", "submit"]
+__all__ = ["Submission", "build_entry", "code_hash", "defense_info", "process_rank", "reused_seconds", "submit"]
+
+
+def reused_seconds(records: list[VictimRecord], started: datetime) -> float:
+    """Seconds that earlier runs spent on the ``records`` this run reused (written before ``started``).
+
+    An entry resumed across runs (``--work-dir``) would otherwise report only its last run's wall time. Each
+    record holds the wall time of the step it ran in and that step's victim count (:class:`~dglbench.record.
+    Timings`), so its share is ``total / step_victims``; a record without them counts its ``total``.
+    """
+    seconds = 0.0
+    for r in records:
+        written = r.provenance.get("time")
+        if written is None or datetime.fromisoformat(written) >= started:
+            continue
+        seconds += r.timings.total / (r.timings.step_victims or 1)
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -234,6 +250,7 @@ def submit(
     from dglbench.runner import run_trial
 
     start = time.perf_counter()
+    started = datetime.now(timezone.utc).replace(microsecond=0)  # records written before this were reused
     track = track if isinstance(track, Track) else load_track(track, root)
     info = defense_info(defense, dict(params or {}), reference=reference, description=description, track=track)
     digest = entry_digest(track.ref, info)
@@ -254,7 +271,7 @@ def submit(
             )  # fmt: skip
     if process_rank() != 0:
         return None
-    privacy_seconds = time.perf_counter() - start
+    privacy_seconds = time.perf_counter() - start + reused_seconds(records, started)
     device = torch_device(accelerator).type
     t0 = time.perf_counter()
     defended = fedsgd_accuracy(track, defense, info.params, device=device, data_root=data_root, log=True)
@@ -265,7 +282,7 @@ def submit(
         test_accuracy=defended.test_accuracy, undefended=undefended.test_accuracy, test_images=defended.test_images,
         hardware=Hardware(accelerator, devices, _device_name(accelerator, devices), os.cpu_count()),
         seconds=Seconds(privacy=round(privacy_seconds, 2), utility=round(utility_seconds, 2),
-                        total=round(time.perf_counter() - start, 2)),
+                        total=round(privacy_seconds + utility_seconds, 2)),
     )  # fmt: skip
     stored = [r.to_dict() for r in records]  # the records' own schema version is in each record
     atomic_write_json(victims_path, to_dict(VictimsFile(SCHEMA_VERSION, entry.entry_id, stored)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -91,3 +92,33 @@ def test_submit_and_verify_run_the_trials_on_one_thread_whatever_the_callers_cou
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}
+
+
+def test_a_resumed_entry_counts_the_earlier_runs_time_on_the_records_it_reused(tiny_root, tmp_path):
+    """A baseline resumed across sessions reported only its last run (a 3651 s entry said 247 s): the records
+    written before the run started add their step's wall time over its victim count."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from dglbench.leaderboard.submit import reused_seconds
+
+    def rec(time: str | None, total: float, step_victims: int | None):
+        return SimpleNamespace(provenance={} if time is None else {"time": time},
+                               timings=SimpleNamespace(total=total, step_victims=step_victims))  # fmt: skip
+
+    started = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+    records = [rec("2026-12-01T10:00:00+00:00", 80.0, 8), rec("2026-12-01T10:00:00+00:00", 80.0, 8),  # 10 + 10
+               rec("2026-11-30T23:59:59+00:00", 7.0, None),  # 7: no victim count, its own time
+               rec("2026-12-01T12:00:00+00:00", 500.0, 8),  # written by this run: in its wall time already
+               rec(None, 99.0, 1)]  # fmt: skip
+    assert reused_seconds(records, started) == 27.0
+
+    sub = submit("digits-convnet5", "none", root=tiny_root, work_dir=tmp_path / "runs")
+    shares = sum(r["timings"]["total"] / r["timings"]["step_victims"]
+                 for r in json.loads(sub.victims_path.read_text())["records"])  # fmt: skip
+    sub.entry_path.unlink()
+    time.sleep(1.1)  # records carry whole seconds: the next run starts after the second they were written in
+    again = submit("digits-convnet5", "none", root=tiny_root, work_dir=tmp_path / "runs")  # reuses every record
+    seconds = json.loads(again.entry_path.read_text())["provenance"]["seconds"]
+    assert seconds["privacy"] >= shares > 0
+    assert seconds["total"] == pytest.approx(seconds["privacy"] + seconds["utility"], abs=0.02)
