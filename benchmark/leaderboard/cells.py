@@ -194,9 +194,11 @@ def _v2_columns(track: Track, floors: dict[str, float | None]) -> list[tuple[str
         cols.append((f"Worst {METRIC_LABELS[m]}{suffix}", f"worst-{m}", "num", False))
     cols += [("Test acc. (%)", "accuracy", "num", False), ("Acc. drop (pts)", "drop", "num", False),
              ("Failed", "failures", "num", False), ("Frontier", "frontier", "num", False)]  # fmt: skip
+    floor = floors.get(track.ranking.metric)  # every metric with its blind guess, the per-attack ones too
+    suffix = f" (floor {number(floor)})" if floor is not None else ""
     for a in track.attacks:
         label = ATTACK_LABELS.get(a.name, a.name)
-        cols.append((f"{label} {METRIC_LABELS[track.ranking.metric]}", f"attack-{a.name}", "num", True))
+        cols.append((f"{label} {METRIC_LABELS[track.ranking.metric]}{suffix}", f"attack-{a.name}", "num", True))
     cols += [("Adaptive attacks", "adaptive", "text", True), ("I2F lower bound", "i2f-lower-bound", "num", True),
              ("Grad. cosine", "cosine", "num", True), ("Reference", "reference", "text", True)]  # fmt: skip
     return cols
