@@ -63,6 +63,30 @@ def fill(template: str, **values: str) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
+def _merge_close_labels(
+    labels: Sequence[tuple[float, float, str]], points: Sequence[tuple[float, float, object]], near: float = 0.04
+) -> list[tuple[float, float, str]]:
+    """Labels of points within ``near`` of the axes' spans of each other become one label, a line per point
+    (otherwise they print over each other), anchored at the highest point of the group.
+
+    Example:
+        >>> _merge_close_labels([(100, 0.42, "a"), (100, 0.43, "b"), (90, 0.0, "c")], [(100, 1.0, 0), (90, 0.0, 0)])
+        [(100, 0.43, 'b\\na'), (90, 0.0, 'c')]
+    """
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    groups: list[list[tuple[float, float, str]]] = []
+    for label in sorted(labels, key=lambda t: (-t[1], t[0], t[2])):
+        for group in groups:
+            x0, y0, _ = group[-1]
+            if abs(label[0] - x0) <= near * span_x and abs(label[1] - y0) <= near * span_y:
+                group.append(label)
+                break
+        else:
+            groups.append([label])
+    return [(g[0][0], g[0][1], "\n".join(t for _, _, t in g)) for g in groups]
+
+
 def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
     """The privacy–utility plot of a track as an ``<svg>`` element (matplotlib, deterministic)."""
     import matplotlib
@@ -84,13 +108,14 @@ def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
         front = sorted(((x, y) for x, y, r in pts if r.pareto), key=lambda p: p[0])
         if len(front) > 1:
             ax.plot([x for x, _ in front], [y for _, y in front], color="#ff7f0e", lw=1.2, label="Pareto frontier")
-        for x, y, r in pts:  # label the frontier, the podium and the undefended baseline; the table has the rest
-            if not (r.pareto or (r.rank is not None and r.rank <= 3) or r.entry.defense.name == "none"):
-                continue
-            params = shown_params(r.entry.defense)
-            text = r.entry.defense.name + (f" {params}" if params != "–" else "")
-            ax.annotate(text if len(text) <= 28 else text[:27] + "…", (x, y), fontsize=6.5, xytext=(3, 3),
-                        textcoords="offset points", color="#444444")  # fmt: skip
+        labels = []  # the frontier, the podium and the undefended baseline; the table has the rest
+        for x, y, r in pts:
+            if r.pareto or (r.rank is not None and r.rank <= 3) or r.entry.defense.name == "none":
+                params = shown_params(r.entry.defense)
+                text = r.entry.defense.name + (f" {params}" if params != "–" else "")
+                labels.append((x, y, text if len(text) <= 28 else text[:27] + "…"))
+        for x, y, text in _merge_close_labels(labels, pts):
+            ax.annotate(text, (x, y), fontsize=6.5, xytext=(3, 3), textcoords="offset points", color="#444444")
         if rows:
             undefended = rows[0].entry.utility.fedsgd.undefended_test_accuracy
             ax.axvline(undefended - track.ranking.max_accuracy_drop, color="#d62728", ls="--", lw=0.8,
