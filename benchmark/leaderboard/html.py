@@ -243,25 +243,30 @@ def _section(board: Board, strips: dict[str, str] | None = None) -> str:
     suite = ", ".join(f"{a.name} ({params_text(a.params)})" for a in t.attacks)
     return fill(
         _template("section.html"), anchor=html.escape(f"{t.id}-v{t.version}"), title=html.escape(t.title),
-        ref=html.escape(t.ref), description=html.escape(t.description), rule=html.escape(rule),
+        ref=html.escape(t.ref), description=html.escape(t.description), rule=f'<p class="rule">{html.escape(rule)}</p>',
         suite=html.escape(suite), results=_results(t, board.rows), extra="",
     ).rstrip("\n")  # fmt: skip
 
 
 def _section_v2(board: Board, strips: dict[str, str]) -> str:
     from dglbench.leaderboard.cite import track_bibtex
-    from dglbench.leaderboard.render import rule_v2
+    from dglbench.leaderboard.render import rule_v2, rule_v2_details
 
     t = board.track
     suite = ", ".join(f"{a.name} ({params_text(a.params)})" for a in t.attacks)
     suite += "; plus the adaptive attacks each defense declares"
+    rule = (  # the rule in one sentence; how it is applied one click away
+        f'<p class="rule"><strong>{html.escape(rule_v2(board))}</strong></p>\n<details class="rule"><summary>How '
+        f"the rule is applied (leakage, blind-guess floors, failed attacks, intervals, ties, columns)</summary>"
+        f'<p class="rule">{html.escape(rule_v2_details(board))}</p></details>'
+    )
     extra = (
         f"<details><summary>BibTeX of this track (cite with the entry id and the dglbench version)</summary>"
         f"<pre>{html.escape(track_bibtex(t))}</pre></details>"
     )
     return fill(
         _template("section.html"), anchor=html.escape(f"{t.id}-v{t.version}"), title=html.escape(t.title),
-        ref=html.escape(t.ref), description=html.escape(t.description), rule=html.escape(rule_v2(board)),
+        ref=html.escape(t.ref), description=html.escape(t.description), rule=rule,
         suite=html.escape(suite), results=_results(t, board.rows, strips), extra=extra,
     ).rstrip("\n")  # fmt: skip
 

@@ -45,6 +45,7 @@ __all__ = [
     "markdown_table",
     "render_all",
     "rule_v2",
+    "rule_v2_details",
 ]
 
 #: Why the version-1 tracks are superseded (shown above them on every page).
@@ -58,16 +59,24 @@ SUPERSEDED = (
 
 
 def rule_v2(board: Board) -> str:
-    """The ranking rule of a protocol-2 track in words, with its blind-guess floors and tie-break."""
+    """The ranking rule of a protocol-2 track in one sentence (:func:`rule_v2_details` says how it is applied)."""
+    t = board.track
+    return (
+        f"Rule: entries within {t.ranking.max_accuracy_drop:g} points of the undefended FedSGD accuracy are ranked "
+        "by their mean worst-case leakage over the suite's attacks (0 = a blind guess, 1 = the image itself; lower "
+        'first), and entries whose 95 % intervals overlap share a rank ("2-4").'
+    )
+
+
+def rule_v2_details(board: Board) -> str:
+    """How the rule of :func:`rule_v2` is applied: leakage, floors, failures, intervals, ties and columns."""
     from dglbench.leaderboard.cells import floors_of
 
     t = board.track
     floors = floors_of(board.rows)
     shown = ", ".join(f"{METRIC_LABELS[m]} {floors[m]:.3g}" for m in t.ranking.leakage if floors.get(m) is not None)
     return (
-        "Rule: entries within "
-        f"{t.ranking.max_accuracy_drop:g} points of the undefended FedSGD accuracy are ranked by their mean "
-        "leakage (lower first), where a victim's leakage is the worst case over every attack of the suite that "
+        "How it is applied: a victim's leakage is the worst case over every attack of the suite that "
         "succeeded on it (the track's published attacks and the defense's adaptive attacks; an attack whose loss "
         "or metrics are not finite has failed there, but for the PSNR +inf of an exact copy, which scores 1) of "
         "the larger of "
@@ -77,7 +86,7 @@ def rule_v2(board: Board) -> str:
         "The mean is over the victims on which an attack succeeded; Failed counts the others (every attack "
         "failed there), and an entry with none left has no leakage and is listed unranked. "
         f"Interval: 95 % percentile bootstrap over victims ({t.ranking.bootstrap} resamples, seed "
-        f'{t.ranking.bootstrap_seed}); entries whose intervals overlap share a rank ("2-4"). Listed by mean '
+        f"{t.ranking.bootstrap_seed}). Listed by mean "
         f"leakage, then mean worst-case {METRIC_LABELS[t.ranking.tie_break]} (lower first), then entry id. Entries "
         "beyond the accuracy bar are listed unranked. Acc. drop = undefended minus defended accuracy, in points "
         "(positive: accuracy lost). ★: privacy-utility frontier. Parameters: the strength and every value that "
@@ -128,7 +137,8 @@ def _markdown_v2(board: Board) -> str:
 
     t = board.track
     cols = [c for c in v2_columns(t, floors_of(board.rows)) if not c[3]]  # main columns; the CSV has the rest
-    lines = [f"### {t.title} — `{t.ref}`", "", rule_v2(board), "", how_to_cite(board), ""]
+    lines = [f"### {t.title} — `{t.ref}`", "", f"**{rule_v2(board)}**", "", rule_v2_details(board), "",
+             how_to_cite(board), ""]  # fmt: skip
     if not board.rows:
         return "\n".join([*lines, "No entries yet: run `leaderboards/v2/baselines.sh` or submit one."]) + "\n"
     lines += ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

@@ -152,7 +152,11 @@ def test_v2_board_states_its_rule_floors_and_shared_ranks(tmp_path):
     assert "| 1-2 | gaussian" in readme and "| 1-2 | laplace" in readme and "| 3 | none" in readme
     assert "Acc. drop = undefended minus defended accuracy" in readme
     assert "<https://example.org/x>" in readme
+    rule = re.search(r"\*\*(Rule: .*?)\*\*", readme)  # the rule in one sentence, how it is applied after it
+    assert rule and rule.group(1).count(". ") == 0 and rule.group(1).endswith(".")
+    assert readme.index(rule.group(0)) < readme.index("How it is applied: a victim's leakage is the worst case")
     page = (root / "index.html").read_text()  # the per-attack (secondary) columns show the floor too
+    assert '<details class="rule"><summary>How the rule is applied' in page
     assert "DLG PSNR (dB) (floor 13.58)" in page and "IG PSNR (dB) (floor 13.58)" in page
     tex = (root / "v2" / "tables" / "natural-convnet5.tex").read_text()
     assert "Leakage $\\downarrow$" in tex and "bootstrap interval" in tex and "1-2 & gaussian" in tex
