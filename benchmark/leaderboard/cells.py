@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+from dglbench.leaderboard.protocol import LEAKAGE_DECIMALS
 from dglbench.leaderboard.ranking import Row
 from dglbench.leaderboard.schema import DefenseInfo
 from dglbench.leaderboard.track import METRICS, Track
@@ -212,8 +213,8 @@ def v2_columns(track: Track, floors: dict[str, float | None] | None = None) -> l
 def v2_cells(track: Track, row: Row) -> list[tuple[str, object]]:
     """Protocol 2: ``(text, sort value)`` per column of :func:`v2_columns`."""
     e, w = row.entry, row.entry.worst_case
-    # leakage lies in [0, 1]: three fixed decimals, as the rule's resolution ("0.000", not "4.151e-05")
-    leak = fmt_stat(row.value, row.low, row.high, 3, scientific=False) if row.value is not None else "–"
+    # leakage lies in [0, 1]: fixed decimals, the ranks' resolution ("0.000", not "4.151e-05")
+    leak = fmt_stat(row.value, row.low, row.high, LEAKAGE_DECIMALS, scientific=False) if row.value is not None else "–"
     cells: list[tuple[str, object]] = [
         (row.rank_text, row.rank), (defense_text(e.defense), None), (shown_params(e.defense), None),
         (f"**{leak}**" if row.rank is not None else leak, row.value),

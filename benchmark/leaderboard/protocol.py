@@ -21,7 +21,9 @@ A protocol-2 track (``protocol: 2`` in its YAML) fixes:
 5. **Ranking.** Entries are ordered by mean leakage (lower first); its 95 % interval is a percentile
    bootstrap over victims (``ranking.bootstrap`` resamples, seed ``ranking.bootstrap_seed``;
    :func:`bootstrap_interval`). Entries whose intervals overlap share a rank, shown as a range
-   (:func:`rank_ranges`); the utility rule of v1 (``max_accuracy_drop``) still decides who is ranked.
+   (:func:`rank_ranges`), compared at the board's precision (:func:`shown_interval`, three decimals: entries
+   whose cells read alike share a rank); the utility rule of v1 (``max_accuracy_drop``) still decides who is
+   ranked.
 
 Example:
     >>> round(relative("psnr", 20.0, 10.0), 4), round(relative("ssim", 0.6, 0.2), 4)
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCOUNTING_KEYS",
+    "LEAKAGE_DECIMALS",
     "LEAKAGE_METRICS",
     "accounting_params",
     "bootstrap_interval",
@@ -51,6 +54,7 @@ __all__ = [
     "leakage_value",
     "rank_ranges",
     "relative",
+    "shown_interval",
     "succeeded",
     "trial_configs",
     "victim_leakage",
@@ -211,6 +215,21 @@ def bootstrap_interval(values: Sequence[float], resamples: int, seed: int) -> tu
         random_state=np.random.default_rng(seed), vectorized=True,
     )  # fmt: skip
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+#: Decimals of the leakage score on the board; ranks are shared where the intervals *as shown* overlap, so that
+#: entries whose cells read alike ("1.000 [1.000, 1.000]") never get different ranks.
+LEAKAGE_DECIMALS = 3
+
+
+def shown_interval(low: float, high: float, decimals: int = LEAKAGE_DECIMALS) -> tuple[float, float]:
+    """An interval at the board's precision: ``(0.99993, 0.99998)`` → ``(1.0, 1.0)``.
+
+    Example:
+        >>> shown_interval(0.999925, 0.99998), shown_interval(0.0010575, 0.0019125)
+        ((1.0, 1.0), (0.001, 0.002))
+    """
+    return float(f"{low:.{decimals}f}"), float(f"{high:.{decimals}f}")
 
 
 def rank_ranges(intervals: Sequence[tuple[float, float]]) -> list[tuple[int, int]]:

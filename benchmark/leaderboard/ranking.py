@@ -158,7 +158,7 @@ def rank_entries(track: Track, entries: Sequence[Entry]) -> list[Row]:
 
 def _rank_v2(track: Track, mine: list[Entry]) -> list[Row]:
     """Protocol 2: mean worst-case leakage (lower first), shared ranks where bootstrap intervals overlap."""
-    from dglbench.leaderboard.protocol import rank_ranges
+    from dglbench.leaderboard.protocol import rank_ranges, shown_interval
 
     tie = track.ranking.tie_break
     rows = []
@@ -184,6 +184,6 @@ def _rank_v2(track: Track, mine: list[Entry]) -> list[Row]:
 
     ranked = sorted((r for r in rows if r.eligible), key=order)
     intervals = [(r.low if r.low is not None else r.value, r.high if r.high is not None else r.value) for r in ranked]
-    ranges = rank_ranges(intervals)
+    ranges = rank_ranges([shown_interval(lo, hi) for lo, hi in intervals])  # as the table shows them
     unranked = sorted((r for r in rows if not r.eligible), key=lambda r: (-r.accuracy, order(r)))
     return [replace(r, rank=i + 1, rank_range=rg) for i, (r, rg) in enumerate(zip(ranked, ranges))] + unranked

@@ -64,13 +64,14 @@ def rule_v2(board: Board) -> str:
     return (
         f"Rule: entries within {t.ranking.max_accuracy_drop:g} points of the undefended FedSGD accuracy are ranked "
         "by their mean worst-case leakage over the suite's attacks (0 = a blind guess, 1 = the image itself; lower "
-        'first), and entries whose 95 % intervals overlap share a rank ("2-4").'
+        'first), and entries whose 95 % intervals overlap as shown share a rank ("2-4").'
     )
 
 
 def rule_v2_details(board: Board) -> str:
     """How the rule of :func:`rule_v2` is applied: leakage, floors, failures, intervals, ties and columns."""
     from dglbench.leaderboard.cells import floors_of
+    from dglbench.leaderboard.protocol import LEAKAGE_DECIMALS
 
     t = board.track
     floors = floors_of(board.rows)
@@ -86,7 +87,8 @@ def rule_v2_details(board: Board) -> str:
         "The mean is over the victims on which an attack succeeded; Failed counts the others (every attack "
         "failed there), and an entry with none left has no leakage and is listed unranked. "
         f"Interval: 95 % percentile bootstrap over victims ({t.ranking.bootstrap} resamples, seed "
-        f"{t.ranking.bootstrap_seed}). Listed by mean "
+        f"{t.ranking.bootstrap_seed}); ranks compare the intervals at the table's {LEAKAGE_DECIMALS} decimals, so "
+        "entries that read alike share a rank. Listed by mean "
         f"leakage, then mean worst-case {METRIC_LABELS[t.ranking.tie_break]} (lower first), then entry id. Entries "
         "beyond the accuracy bar are listed unranked. Acc. drop = undefended minus defended accuracy, in points "
         "(positive: accuracy lost). ★: privacy-utility frontier. Parameters: the strength and every value that "
