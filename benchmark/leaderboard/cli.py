@@ -134,12 +134,19 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _tracks(args: argparse.Namespace) -> int:
+    """One line per track: current (protocol 2) first, with its device, entry count and title."""
+    from collections import Counter
+
+    from dglbench.leaderboard.store import entry_files
     from dglbench.leaderboard.track import list_tracks, load_track
 
     root = existing_root(args.root)
-    for ref in list_tracks(root):
-        t = load_track(ref, root)
-        print(f"{ref:28s} {t.scale:3s}  {t.title}")
+    counts = Counter(f"{p.parent.name}@{p.parents[2].name[1:]}" for p in entry_files(root))  # v2/entries/<id>/x
+    tracks = sorted((load_track(ref, root) for ref in list_tracks(root)), key=lambda t: (t.protocol != 2, t.id.split("-"), t.version))
+    print(f"{'track':28s} {'device':6s} {'entries':>7s}  title")
+    for t in tracks:
+        note = "" if t.protocol == 2 else "  [superseded by version 2]"
+        print(f"{t.ref:28s} {t.scale:6s} {counts[t.ref]:7d}  {t.title}{note}")
     return 0
 
 

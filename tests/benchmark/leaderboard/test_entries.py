@@ -79,3 +79,19 @@ def test_tracks_are_listed():
     assert {"digits-convnet5@1", "mnist-convnet5@1", "cifar10-cifar_resnet18@1", "imagenet-resnet50@1"} <= set(
         list_tracks(ROOT)
     )
+
+
+def test_the_tracks_command_lists_current_tracks_first_with_their_entry_counts(capsys):
+    from dglbench.cli import main
+
+    assert main(["leaderboard", "tracks", "--root", str(ROOT)]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    refs = [ln.split()[0] for ln in lines]
+    assert refs.index("natural-convnet5@2") < refs.index("natural-convnet5-trained@2") < refs.index("digits-convnet5@1")
+    for ln in lines:
+        ref, _, count = ln.split()[:3]
+        track_id, version = ref.rsplit("@", 1)
+        on_disk = [p for p in (ROOT / f"v{version}" / "entries" / track_id).glob("*.json")
+                   if not p.name.endswith(".victims.json")]  # fmt: skip
+        assert int(count) == len(on_disk), ln
+        assert ("superseded" in ln) == (version == "1")
