@@ -50,7 +50,7 @@ from dglbench.leaderboard.schema import (
 from dglbench.leaderboard.store import entry_paths
 from dglbench.leaderboard.track import Track, load_track
 from dglbench.leaderboard.typed import to_dict
-from dglbench.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
+from dglbench.leaderboard.utility import shared_fedsgd_accuracy, undefended_accuracy
 from dglbench.record import VictimRecord
 
 __all__ = ["Submission", "build_entry", "code_hash", "defense_info", "process_rank", "reused_seconds", "submit"]
@@ -274,9 +274,15 @@ def submit(
     privacy_seconds = time.perf_counter() - start + reused_seconds(records, started)
     device = torch_device(accelerator).type
     t0 = time.perf_counter()
-    defended = fedsgd_accuracy(track, defense, info.params, device=device, data_root=data_root, log=True)
+    defended, computed_on = shared_fedsgd_accuracy(track, info, work_dir, device=device, data_root=data_root, log=True)
+    if computed_on is not None:
+        print(
+            f"utility of {info.name} on {track.ref}: {defended.test_accuracy:.2f}% from the FedSGD run made for "
+            f"{computed_on} (same data, model, initialization, case, protocol and defense)",
+            flush=True,
+        )
     undefended = undefended_accuracy(track, device=device, root=root, data_root=data_root)
-    utility_seconds = time.perf_counter() - t0
+    utility_seconds = time.perf_counter() - t0 + (defended.seconds if computed_on is not None else 0.0)
     entry = build_entry(
         track, info, records, [c.trial_id for c in configs],
         test_accuracy=defended.test_accuracy, undefended=undefended.test_accuracy, test_images=defended.test_images,

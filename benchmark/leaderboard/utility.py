@@ -19,6 +19,10 @@ Protocol (a track's ``utility`` block fixes ``rounds``, ``clients``, ``batch_siz
 
 With defense ``none`` this is the undefended accuracy; it is computed once per track and cached in
 ``leaderboards/v<N>/utility/<track>.json`` (keyed by the track's content hash and the device type).
+``submit`` runs a defended FedSGD run through :func:`shared_fedsgd_accuracy`: tracks that differ only on the
+attacker's side (a trained model state for the privacy trials, a malicious server's imprint block and its
+scale) compute the same number, so it is stored under the work folder keyed by everything the run depends on
+(:func:`utility_key`) and reused (Soteria's six hours of utility on the imprint tracks are paid once).
 On a CPU the result is deterministic: the run uses one intra-op thread whatever ``OMP_NUM_THREADS`` or
 ``torch.set_num_threads`` say (:func:`dglbench.hardware.one_cpu_thread`), because a defense that selects
 entries (top-k, pruning) turns the last-bit differences between thread counts into other training runs.
@@ -46,7 +50,24 @@ from dglbench.errors import ConfigError
 from dglbench.io import atomic_write_json
 from dglbench.leaderboard.track import Track, default_root
 
-__all__ = ["FedSGDOutcome", "fedsgd_accuracy", "undefended_accuracy", "utility_cache_path"]
+__all__ = [
+    "FedSGDOutcome", "fedsgd_accuracy", "shared_fedsgd_accuracy", "undefended_accuracy", "utility_cache_path",
+    "utility_key",
+]  # fmt: skip
+
+#: Fields of the case that the FedSGD run reads (loss, update rule, model mode). The others (``server``,
+#: ``imprint_*``, ``labels``, ``server_knows_batch_size``, ``bn_stats``) describe the attacker, whom the
+#: utility run does not model; tracks that differ only there (and in the privacy trials' model state) share
+#: one utility run per defense.
+UTILITY_CASE_FIELDS = (
+    "loss", "reduction", "model_mode", "update", "local_steps", "local_lr", "local_batch_size", "local_epochs",
+)  # fmt: skip
+
+#: Sources on the utility run's path; a change to one of them makes a stored utility run stale.
+_UTILITY_SOURCES = (
+    "dglbench.leaderboard.utility", "dglbench.defenses.base", "dglbench.gradients", "dglbench.case",
+    "dglbench.modules", "dglbench.models.init", "dglbench.hardware",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -196,3 +217,70 @@ def undefended_accuracy(
     }  # fmt: skip
     atomic_write_json(path, cached)
     return outcome
+
+
+def utility_key(track: Track, defense: Any, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Everything the defended FedSGD run of ``defense`` on ``track`` depends on, as plain data.
+
+    ``defense`` is the entry's :class:`~dglbench.leaderboard.schema.DefenseInfo` (name, every parameter,
+    package, version and code hash). The track contributes its data, model, initialization, dtype, the case
+    fields of :data:`UTILITY_CASE_FIELDS` and its ``utility`` block, not its model state (the run starts from
+    initialization) nor the attacker's side of the case; dglbench's version and the sources on the run's path
+    complete it. Two tracks with equal keys compute the same number.
+    """
+    import importlib
+    import inspect
+
+    from dglbench import __version__
+
+    config = track.trial_configs(defense.spec, defense.params)[0]
+    case = dataclasses.asdict(config.case_obj)
+    sources = hashlib.sha256()
+    for name in _UTILITY_SOURCES:
+        sources.update(inspect.getsource(importlib.import_module(name)).encode())
+    return {
+        "defense": {"name": defense.name, "params": defense.params, "package": defense.package,
+                    "version": defense.package_version, "code_hash": defense.code_hash},
+        "data": {"dataset": config.dataset, "params": config.dataset_params},
+        "model": {"name": config.model, "params": config.model_params, "init": config.init,
+                  "init_seed": config.init_seed, "dtype": config.dtype},
+        "case": {k: case[k] for k in UTILITY_CASE_FIELDS},
+        "utility": dataclasses.asdict(track.utility),
+        "device": torch.device(device).type,
+        "dglbench": __version__,
+        "sources": sources.hexdigest()[:16],
+    }  # fmt: skip
+
+
+def shared_fedsgd_accuracy(
+    track: Track,
+    defense: Any,
+    work_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    data_root: str | None = None,
+    log: bool = False,
+) -> tuple[FedSGDOutcome, str | None]:
+    """:func:`fedsgd_accuracy`, stored under ``work_dir/utility/`` by :func:`utility_key` and reused.
+
+    Returns the outcome and, when it was reused, the track that computed it (else ``None``). The stored
+    ``seconds`` are the computing run's, so an entry still reports what its utility cost. ``verify --utility``
+    never reads the store: it re-runs FedSGD.
+    """
+    key = utility_key(track, defense, device)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(work_dir) / "utility" / f"{digest}.json"
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())
+            if stored["key"] == json.loads(json.dumps(key, default=str)):
+                o = stored["outcome"]
+                outcome = FedSGDOutcome(float(o["test_accuracy"]), int(o["test_images"]), int(o["rounds"]),
+                                        float(o["seconds"]))  # fmt: skip
+                return outcome, str(stored["track"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a corrupt record is recomputed and replaced
+    outcome = fedsgd_accuracy(track, defense.spec, defense.params, device=device, data_root=data_root, log=log)
+    atomic_write_json(path, {"schema_version": 1, "track": track.ref, "key": key,
+                             "outcome": dataclasses.asdict(outcome)})  # fmt: skip
+    return outcome, None

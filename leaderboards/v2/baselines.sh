@@ -10,7 +10,8 @@
 # DLG cannot converge, plus 3 minutes of FedSGD: days for all (leaderboards/README.md, "From v1 to v2").
 # natural-convnet5-trained@2 costs the same plus 21 s to train its model once (cached); natural-imprint@2 and
 # natural-imprint-scaled@2 (closed-form imprint, 36 victims) about 2-3 minutes per entry, almost all FedSGD,
-# except Soteria (about 6 h of utility) and eigen_noise (about 40 min).
+# except Soteria (about 6 h of utility) and eigen_noise (about 40 min); a track that differs from another only on
+# the attacker's side (trained state, imprint scale) reuses that track's utility runs from $WORK_DIR/utility/.
 # A failed submission is logged and the script goes on; re-run it to retry.
 set -uo pipefail
 DGLBENCH=${DGLBENCH:-.venv/bin/dglbench}

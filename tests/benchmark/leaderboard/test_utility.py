@@ -88,3 +88,63 @@ def test_fedsgd_runs_on_one_cpu_thread_whatever_the_callers_count(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen == [1] * 4
+
+
+def _info(name: str, **params):
+    from dglbench.leaderboard.submit import defense_info
+
+    return defense_info(name, params)
+
+
+def test_tracks_that_differ_only_on_the_attackers_side_train_the_same_model(monkeypatch):
+    """The key says two tracks share a utility run; the run itself must agree: the imprint track and its
+    noise-aware variant (case.imprint_scale), and the natural track and its trained variant (model state), end
+    FedSGD with the same weights, bit for bit; a different defense parameter gives another key."""
+    import dglbench.leaderboard.utility as utility
+    from dglbench.leaderboard.utility import utility_key
+
+    finals = []
+    real = utility._accuracy
+
+    def capture(model, *args):
+        finals.append([p.detach().clone() for p in model.parameters()])
+        return real(model, *args)
+
+    monkeypatch.setattr(utility, "_accuracy", capture)
+    gaussian = _info("gaussian", sigma=0.01)
+    pairs = (("natural-imprint@2", "natural-imprint-scaled@2"), ("natural-convnet5@2", "natural-convnet5-trained@2"))
+    for a, b in pairs:
+        ta, tb = load_track(a), load_track(b)
+        assert ta.content_hash != tb.content_hash and utility_key(ta, gaussian) == utility_key(tb, gaussian)
+        finals.clear()
+        for t in (ta, tb):
+            fedsgd_accuracy(t, "gaussian", {"sigma": 0.01}, rounds=2)
+        assert all(torch.equal(x, y) for x, y in zip(*finals))
+    natural = load_track("natural-convnet5@2")
+    assert utility_key(natural, gaussian) != utility_key(natural, _info("gaussian", sigma=0.1))
+    assert utility_key(natural, gaussian) != utility_key(load_track("faces-convnet5@2"), gaussian)
+    assert utility_key(natural, gaussian) != utility_key(load_track("natural-imprint@2"), gaussian)  # batch 32
+
+
+def test_a_shared_utility_run_is_computed_once_and_reused_by_the_sibling_track(tmp_path, monkeypatch):
+    import dglbench.leaderboard.utility as utility
+    from dglbench.leaderboard.utility import FedSGDOutcome, shared_fedsgd_accuracy
+
+    calls = []
+
+    def fake(track, defense, params, **kw):
+        calls.append((track.ref, defense, dict(params)))
+        return FedSGDOutcome(50.0 + len(calls), 291, 200, 100.0 * len(calls))
+
+    monkeypatch.setattr(utility, "fedsgd_accuracy", fake)
+    plain, scaled = load_track("natural-imprint@2"), load_track("natural-imprint-scaled@2")
+    first, on = shared_fedsgd_accuracy(plain, _info("gaussian", sigma=0.01), tmp_path)
+    assert on is None and first == FedSGDOutcome(51.0, 291, 200, 100.0)
+    again, on = shared_fedsgd_accuracy(scaled, _info("gaussian", sigma=0.01), tmp_path)
+    assert on == "natural-imprint@2" and again == first and len(calls) == 1  # the cost of the run it reused
+    other, on = shared_fedsgd_accuracy(scaled, _info("gaussian", sigma=0.1), tmp_path)
+    assert on is None and other.test_accuracy == 52.0 and len(calls) == 2
+    (stored,) = [p for p in (tmp_path / "utility").iterdir() if "51.0" in p.read_text()]
+    stored.write_text("{not json")  # a damaged record is recomputed, never trusted
+    redone, on = shared_fedsgd_accuracy(scaled, _info("gaussian", sigma=0.01), tmp_path)
+    assert on is None and redone.test_accuracy == 53.0 and len(calls) == 3
