@@ -220,7 +220,9 @@ class Seeds:
 @dataclass(frozen=True)
 class Seconds:
     """Wall time of the submission: ``privacy`` includes earlier runs' time on the trial records a resumed
-    submission reused (:func:`~dglbench.leaderboard.submit.reused_seconds`); ``total`` is privacy plus utility."""
+    submission reused (:func:`~dglbench.leaderboard.submit.reused_seconds`), ``utility`` the time of a stored
+    FedSGD run it reused (:func:`~dglbench.leaderboard.utility.shared_fedsgd_accuracy`); ``total`` is their
+    sum: what the entry's numbers cost to compute."""
 
     privacy: float
     utility: float
