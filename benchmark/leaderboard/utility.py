@@ -114,6 +114,8 @@ def fedsgd_accuracy(
     rounds: int | None = None,
     data_root: str | None = None,
     log: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = 60.0,
 ) -> FedSGDOutcome:
     """Test accuracy after the track's FedSGD protocol with ``defense(**params)`` applied to every client gradient.
 
@@ -125,6 +127,11 @@ def fedsgd_accuracy(
         rounds: override the track's number of rounds (tests only; entries always use the track's).
         data_root: where the dataset's files are (embedded datasets need none).
         log: print a plain progress line on stderr every 30 s or so (rounds done, time spent and left).
+        checkpoint: a file that holds the run's state (weights, round, the draw's generator, seconds spent)
+            after a round, at most every ``checkpoint_every`` seconds, written atomically; a run that finds it
+            continues from there and removes it when done. The result is the same, bit for bit, as a run
+            without a break (a defended run can outlast a session: Soteria on the imprint tracks, six hours).
+            The caller keys the file by the run's inputs (:func:`shared_fedsgd_accuracy` does).
     """
     from dglbench.case import DefenseContext
     from dglbench.datamodules import create_datamodule
@@ -153,9 +160,13 @@ def fedsgd_accuracy(
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     trainable = [p for p in model.parameters() if p.requires_grad]
     draw = torch.Generator().manual_seed(spec.seed)
-    pace = Pace(f"utility of {defense} on {track.ref}", rounds, unit="FedSGD rounds") if log else None
+    first, spent = 0, 0.0
+    if checkpoint is not None and Path(checkpoint).exists():
+        first, spent = _resume(Path(checkpoint), model, draw, rounds)
+    pace = Pace(f"utility of {defense} on {track.ref}", rounds - first, unit="FedSGD rounds") if log else None
+    saved = time.perf_counter()
     with one_cpu_thread(device):
-        for k in range(rounds):
+        for k in range(first, rounds):
             perm = torch.randperm(n_train, generator=draw)[:per_round]
             total = [torch.zeros_like(p) for p in trainable]
             for c in range(spec.clients):
@@ -171,8 +182,44 @@ def fedsgd_accuracy(
                     p.sub_(spec.lr * t / spec.clients)
             if pace is not None:
                 pace.step()
+            if checkpoint is not None and k + 1 < rounds and time.perf_counter() - saved >= checkpoint_every:
+                _save(Path(checkpoint), model, draw, k + 1, rounds, spent + time.perf_counter() - start)
+                saved = time.perf_counter()
         accuracy, n_test = _accuracy(model, test, device, dtype)
-    return FedSGDOutcome(round(accuracy, 4), n_test, rounds, time.perf_counter() - start)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+    return FedSGDOutcome(round(accuracy, 4), n_test, rounds, spent + time.perf_counter() - start)
+
+
+def _save(path: Path, model: torch.nn.Module, draw: torch.Generator, done: int, rounds: int, seconds: float) -> None:
+    """The state of a FedSGD run after ``done`` rounds, written to a temporary file and renamed into place."""
+    import os
+
+    state = {"done": done, "rounds": rounds, "seconds": seconds, "draw": draw.get_state(),
+             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, model: torch.nn.Module, draw: torch.Generator, rounds: int) -> tuple[int, float]:
+    """Load a run's state saved by :func:`_save`; returns ``(rounds done, seconds spent)``, or ``(0, 0)`` (and
+    the run starts afresh) when the file is unreadable or from a run of another length."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if int(state["rounds"]) != rounds or not 0 < int(state["done"]) < rounds:
+            raise ValueError("another run")
+        mine = model.state_dict()
+        if set(state["model"]) != set(mine) or any(state["model"][k].shape != v.shape for k, v in mine.items()):
+            raise ValueError("another model")
+        torch.Generator().set_state(state["draw"])  # checked on a spare generator before anything changes
+        done, seconds = int(state["done"]), float(state["seconds"])
+    except Exception:  # noqa: BLE001 - a damaged or foreign checkpoint is never trusted: start afresh
+        return 0, 0.0
+    model.load_state_dict(state["model"])
+    draw.set_state(state["draw"])
+    return done, seconds
 
 
 def utility_cache_path(track: Track, root: str | Path | None = None) -> Path:
@@ -280,7 +327,10 @@ def shared_fedsgd_accuracy(
                 return outcome, str(stored["track"])
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a corrupt record is recomputed and replaced
-    outcome = fedsgd_accuracy(track, defense.spec, defense.params, device=device, data_root=data_root, log=log)
+    outcome = fedsgd_accuracy(
+        track, defense.spec, defense.params, device=device, data_root=data_root, log=log,
+        checkpoint=path.with_suffix(".partial.pt"),
+    )  # fmt: skip
     atomic_write_json(path, {"schema_version": 1, "track": track.ref, "key": key,
                              "outcome": dataclasses.asdict(outcome)})  # fmt: skip
     return outcome, None

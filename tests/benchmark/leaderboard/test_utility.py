@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from dglbench.leaderboard.track import load_track
 from dglbench.leaderboard.utility import fedsgd_accuracy, undefended_accuracy
@@ -148,3 +149,50 @@ def test_a_shared_utility_run_is_computed_once_and_reused_by_the_sibling_track(t
     stored.write_text("{not json")  # a damaged record is recomputed, never trusted
     redone, on = shared_fedsgd_accuracy(scaled, _info("gaussian", sigma=0.01), tmp_path)
     assert on is None and redone.test_accuracy == 53.0 and len(calls) == 3
+
+
+def test_an_interrupted_fedsgd_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, monkeypatch):
+    """A six-hour utility run must survive the end of a session: stopped after 3 of 6 rounds and resumed, it
+    ends with the weights of a run without a break, bit for bit; a damaged checkpoint is ignored."""
+    import dglbench.defenses
+    import dglbench.leaderboard.utility as utility
+
+    track = load_track("digits-convnet5")
+    finals = []
+    real_accuracy = utility._accuracy
+
+    def capture(model, *args):
+        finals.append([p.detach().clone() for p in model.parameters()])
+        return real_accuracy(model, *args)
+
+    monkeypatch.setattr(utility, "_accuracy", capture)
+    straight = fedsgd_accuracy(track, "gaussian", {"sigma": 0.01}, rounds=6)
+
+    real_apply, calls = dglbench.defenses.apply_defense, [0]
+
+    def stop_in_round_4(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 3 * track.utility.clients:
+            raise KeyboardInterrupt
+        return real_apply(*args, **kwargs)
+
+    ckpt = tmp_path / "run.partial.pt"
+    monkeypatch.setattr(dglbench.defenses, "apply_defense", stop_in_round_4)
+    with pytest.raises(KeyboardInterrupt):
+        fedsgd_accuracy(track, "gaussian", {"sigma": 0.01}, rounds=6, checkpoint=ckpt, checkpoint_every=0)
+    assert torch.load(ckpt, weights_only=True)["done"] == 3
+    counted = [0]
+
+    def count(*args, **kwargs):
+        counted[0] += 1
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(dglbench.defenses, "apply_defense", count)
+    resumed = fedsgd_accuracy(track, "gaussian", {"sigma": 0.01}, rounds=6, checkpoint=ckpt, checkpoint_every=0)
+    assert counted[0] == 3 * track.utility.clients  # only rounds 4-6 ran
+    assert resumed.test_accuracy == straight.test_accuracy and not ckpt.exists()
+    assert all(torch.equal(a, b) for a, b in zip(finals[0], finals[1]))
+
+    ckpt.write_bytes(b"not a checkpoint")  # damaged: the run starts afresh and still gets the same weights
+    fedsgd_accuracy(track, "gaussian", {"sigma": 0.01}, rounds=6, checkpoint=ckpt, checkpoint_every=0)
+    assert all(torch.equal(a, b) for a, b in zip(finals[0], finals[2])) and not ckpt.exists()
