@@ -21,9 +21,14 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # eigen_noise) is their most expensive part (leaderboards/README.md)
 TRACKS=${TRACKS:-"natural-convnet5@2 faces-convnet5@2 natural-convnet5-trained@2 natural-imprint@2
 natural-imprint-scaled@2"}
+child=
+# a SIGTERM or Ctrl-C to this script reaches the running submit, which keeps its finished victims and exits
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait; exit 143' TERM INT
 submit() {
-  "$DGLBENCH" leaderboard submit --skip-existing --work-dir "$WORK_DIR" --track "$track" "$@" \
-    || echo "FAILED: $track $*" >&2
+  "$DGLBENCH" leaderboard submit --skip-existing --work-dir "$WORK_DIR" --track "$track" "$@" &
+  child=$!
+  wait "$child" || echo "FAILED: $track $*" >&2
+  child=
   tidy
 }
 tidy() {  # an entry that has landed holds its records in its victims file: its work folder goes
