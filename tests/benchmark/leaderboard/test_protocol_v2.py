@@ -286,3 +286,32 @@ def test_the_v2_baseline_script_covers_every_builtin_defense_at_two_strengths():
     assert set(settings) == set(DEFENSES.list())
     assert all(name == "none" or len(s) >= 2 for name, s in settings.items()), settings
     assert "--skip-existing" in text  # resumable: finished entries are skipped
+
+
+def test_sigterm_to_the_baseline_script_reaches_the_running_submit(tmp_path):
+    """A scheduler stops the script, not its child: the running submit must hear it (and keep its victims)."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    fake = tmp_path / "dglbench"
+    fake.write_text('#!/usr/bin/env bash\ntrap \'echo "submit stopped"; exit 143\' TERM\n'
+                    'touch "$STARTED"\nfor i in $(seq 600); do sleep 0.1; done\necho "submit ran on"\n')  # fmt: skip
+    fake.chmod(0o755)
+    repo = tmp_path / "repo"
+    (repo / "leaderboards" / "v2").mkdir(parents=True)
+    shutil.copy(ROOT / "v2" / "baselines.sh", repo / "leaderboards" / "v2")
+    started = tmp_path / "started"
+    env = {**os.environ, "DGLBENCH": str(fake), "TRACKS": "toy@2", "WORK_DIR": str(tmp_path / "w"),
+           "STARTED": str(started)}  # fmt: skip
+    proc = subprocess.Popen(["bash", "leaderboards/v2/baselines.sh"], cwd=repo, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "submit stopped" in out and "submit ran on" not in out, out
