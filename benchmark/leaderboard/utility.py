@@ -272,19 +272,28 @@ def utility_key(track: Track, defense: Any, device: str | torch.device = "cpu") 
     ``defense`` is the entry's :class:`~dglbench.leaderboard.schema.DefenseInfo` (name, every parameter,
     package, version and code hash). The track contributes its data, model, initialization, dtype, the case
     fields of :data:`UTILITY_CASE_FIELDS` and its ``utility`` block, not its model state (the run starts from
-    initialization) nor the attacker's side of the case; dglbench's version and the sources on the run's path
-    complete it. Two tracks with equal keys compute the same number.
+    initialization) nor the attacker's side of the case; the versions of dglbench, torch and timm and the
+    sources on the run's path (the data's and the model's modules included) complete it. Two tracks with equal
+    keys compute the same number.
     """
     import importlib
     import inspect
 
+    import timm
     from dglbench import __version__
+    from dglbench.datamodules import DATAMODULES
 
     config = track.trial_configs(defense.spec, defense.params)[0]
     case = dataclasses.asdict(config.case_obj)
+    modules = [importlib.import_module(name) for name in _UTILITY_SOURCES]
+    modules += [
+        inspect.getmodule(DATAMODULES.get(config.dataset)),
+        inspect.getmodule(timm.create_model),
+        inspect.getmodule(timm.models.model_entrypoint(config.model)),
+    ]  # the data's and the model's code
     sources = hashlib.sha256()
-    for name in _UTILITY_SOURCES:
-        sources.update(inspect.getsource(importlib.import_module(name)).encode())
+    for module in modules:
+        sources.update(inspect.getsource(module).encode())
     return {
         "defense": {"name": defense.name, "params": defense.params, "package": defense.package,
                     "version": defense.package_version, "code_hash": defense.code_hash},
@@ -294,7 +303,7 @@ def utility_key(track: Track, defense: Any, device: str | torch.device = "cpu") 
         "case": {k: case[k] for k in UTILITY_CASE_FIELDS},
         "utility": dataclasses.asdict(track.utility),
         "device": torch.device(device).type,
-        "dglbench": __version__,
+        "dglbench": __version__, "torch": torch.__version__, "timm": timm.__version__,
         "sources": sources.hexdigest()[:16],
     }  # fmt: skip
 
