@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dglbench.errors import DglbenchError
@@ -30,6 +31,7 @@ __all__ = [
     "by_trial",
     "gradient_cosine",
     "i2f_summary",
+    "image_share",
     "privacy_summaries",
     "suite_summaries",
     "suite_worst_case",
@@ -281,3 +283,49 @@ def suite_worst_case(track: Track, records: list[VictimRecord | dict[str, Any]])
         leakage_ci95_low=round_sig(low),
         leakage_ci95_high=round_sig(high),
     )
+
+
+def image_share(
+    track: Track, records: list[VictimRecord | dict[str, Any]], threshold: float = 40.0
+) -> tuple[float | None, float | None, float | None]:
+    """Protocol 2 with several images per victim: the mean over victims of the share of a victim's images that
+    some attack which succeeded on it reconstructed at ``threshold`` dB PSNR or more (an exact copy, PSNR +inf,
+    counts), with the track's 95 % percentile bootstrap over victims; ``(None, None, None)`` when no record holds
+    per-image values. Victims on which every attack failed are left out, as in the leakage mean.
+
+    Example:
+        >>> from dglbench.leaderboard.track import load_track
+        >>> def rec(psnrs):
+        ...     per = {"psnr": psnrs, "mse": [1e-16 if p is None else 1.0 for p in psnrs], "ssim": [0.5] * len(psnrs)}
+        ...     m = {"psnr": 50.0, "mse": 0.1, "ssim": 0.5, "per_image": per}
+        ...     return {"schema_version": 2, "trial_id": "t", "victim_id": 0, "status": "ok",
+        ...             "attacks": [{"key": "imprint", "name": "imprint", "status": "ok", "final_loss": 0.0,
+        ...                          "metrics": m}]}
+        >>> image_share(load_track("natural-imprint@2"), [rec([45.0, None, 12.0, 39.9])])[0]
+        0.5
+    """
+    from dglbench.leaderboard.protocol import bootstrap_interval, succeeded
+
+    recs = [as_record(r) for r in records]
+    keys = _attack_keys(recs)
+    shares = []
+    for r in recs:
+        best: list[float] | None = None
+        for key in keys:
+            o = r.attack(key)
+            if not (r.ok and o is not None and succeeded(o, track.ranking.leakage)):
+                continue
+            per = (o.metrics or {}).get("per_image") or {}
+            psnr, mse = per.get("psnr"), per.get("mse") or []
+            if not psnr:
+                continue
+            # as leakage_value: a null PSNR with a finite error is an exact copy (+inf), else not measured
+            values = [p if p is not None else (math.inf if i < len(mse) and _finite(mse[i]) is not None else -math.inf)
+                      for i, p in enumerate(psnr)]  # fmt: skip
+            best = values if best is None else [max(a, b) for a, b in zip(best, values)]
+        if best:
+            shares.append(sum(v >= threshold for v in best) / len(best))
+    if not shares:
+        return None, None, None
+    low, high = bootstrap_interval(shares, track.ranking.bootstrap, track.ranking.bootstrap_seed)
+    return sum(shares) / len(shares), low, high

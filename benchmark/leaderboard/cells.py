@@ -185,6 +185,11 @@ def floors_of(rows: list[Row]) -> dict[str, float | None]:
     return {}
 
 
+def several_images(track: Track) -> bool:
+    """Whether a victim of the protocol-2 ``track`` holds more than one image (a batch)."""
+    return int(track.data.params.get("images_per_victim", 1)) > 1
+
+
 def _v2_columns(track: Track, floors: dict[str, float | None]) -> list[tuple[str, str, str, bool]]:
     """(title, data-key, data-type, secondary) per column of a protocol-2 table."""
     cols = [("Rank", "rank", "num", False), ("Defense", "defense", "text", False),
@@ -193,6 +198,8 @@ def _v2_columns(track: Track, floors: dict[str, float | None]) -> list[tuple[str
         floor = floors.get(m)
         suffix = f" (floor {number(floor)})" if floor is not None else ""
         cols.append((f"Worst {METRIC_LABELS[m]}{suffix}", f"worst-{m}", "num", False))
+    if several_images(track):  # a batch scores as a whole: how many of its images came back is shown beside
+        cols.append(("Images ≥ 40 dB (%)", "images-40db", "num", False))
     cols += [("Test acc. (%)", "accuracy", "num", False), ("Acc. drop (pts)", "drop", "num", False),
              ("Failed", "failures", "num", False), ("Frontier", "frontier", "num", False)]  # fmt: skip
     floor = floors.get(track.ranking.metric)  # every metric with its blind guess, the per-attack ones too
@@ -223,6 +230,10 @@ def v2_cells(track: Track, row: Row) -> list[tuple[str, object]]:
         st = w.metrics.get(m) if w else None
         cells.append((fmt_stat(st.mean, st.ci95_low, st.ci95_high, 3 if m == "ssim" else 2) if st else "–",
                       st.mean if st else None))  # fmt: skip
+    if several_images(track):
+        mean, low, high = row.image_share or (None, None, None)
+        pct = [None if v is None else 100 * v for v in (mean, low, high)]
+        cells.append((fmt_stat(pct[0], pct[1], pct[2], 1, scientific=False), pct[0]))
     failures = w.failures if w else None
     cells += [(number(row.accuracy, 1), row.accuracy), (number(row.drop, 1), row.drop),
               (f"{failures}/{w.victims}" if w else "–", failures),

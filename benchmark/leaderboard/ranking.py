@@ -53,6 +53,9 @@ class Row:
         note: why an entry is unranked, else ``""``.
         rank_range: protocol 2: the (best, worst) rank the entry's interval allows; ``None`` otherwise.
         low / high: protocol 2: the 95 % bootstrap interval of the mean leakage.
+        image_share: protocol 2 with several images per victim: the mean share of a victim's images recovered
+            at 40 dB or more, with its bootstrap interval (:func:`~dglbench.leaderboard.aggregate.image_share`;
+            shown, not ranked); ``None`` otherwise.
     """
 
     entry: Entry
@@ -68,6 +71,7 @@ class Row:
     rank_range: tuple[int, int] | None = None
     low: float | None = None
     high: float | None = None
+    image_share: tuple[float | None, float | None, float | None] | None = None
 
     @property
     def rank_text(self) -> str:

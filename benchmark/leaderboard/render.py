@@ -29,7 +29,7 @@ from pathlib import Path
 from dglbench.io import atomic_write_text, replace_between_markers
 from dglbench.leaderboard.cells import METRIC_LABELS, columns, fmt_stat, row_cells
 from dglbench.leaderboard.html import html_page
-from dglbench.leaderboard.ranking import Board, rank_entries
+from dglbench.leaderboard.ranking import Board, Row, rank_entries
 from dglbench.leaderboard.schema import SCHEMA_VERSION, write_schemas
 from dglbench.leaderboard.store import entry_files, load_entry
 from dglbench.leaderboard.track import METRICS, Track, default_root, list_tracks, load_track
@@ -70,7 +70,7 @@ def rule_v2(board: Board) -> str:
 
 def rule_v2_details(board: Board) -> str:
     """How the rule of :func:`rule_v2` is applied: leakage, floors, failures, intervals, ties and columns."""
-    from dglbench.leaderboard.cells import floors_of
+    from dglbench.leaderboard.cells import floors_of, several_images
     from dglbench.leaderboard.protocol import LEAKAGE_DECIMALS
 
     t = board.track
@@ -94,6 +94,13 @@ def rule_v2_details(board: Board) -> str:
         "(positive: accuracy lost). ★: privacy-utility frontier. Parameters: the strength and every value that "
         "differs from the defense's default; a privacy accountant's steps and sample rate are in its ε (the CSV "
         "lists all)."
+        + (
+            " Images ≥ 40 dB: a victim holds a batch, whose PSNR and SSIM are means over its images, so a few "
+            "copies make its leakage 1; this column is the mean share of a victim's images that an attack "
+            "recovered at 40 dB or more (an exact copy counts), with its bootstrap interval; shown, not ranked."
+            if several_images(t)
+            else ""
+        )
     )
 
 
@@ -110,6 +117,20 @@ def how_to_cite(board: Board) -> str:
     )
 
 
+def _with_image_share(track: Track, row: Row, root: Path) -> Row:
+    """``row`` with the share of its victims' images recovered at 40 dB or more (from its victims file)."""
+    from dataclasses import replace
+
+    from dglbench.leaderboard.aggregate import image_share
+    from dglbench.leaderboard.store import entry_paths, load_victims
+
+    e = row.entry
+    _, victims = entry_paths(track.ref, e.defense.name, e.entry_id.rsplit("-", 1)[1], root)
+    if not victims.exists():
+        return row
+    return replace(row, image_share=image_share(track, list(load_victims(victims).records)))
+
+
 def boards(root: str | Path | None = None) -> list[Board]:
     """Every stored track with its entries ranked: protocol-2 tracks first, then with entries, CPU, by id.
 
@@ -121,7 +142,10 @@ def boards(root: str | Path | None = None) -> list[Board]:
     out = []
     for ref in list_tracks(root):
         track = load_track(ref, root)
-        out.append(Board(track, rank_entries(track, entries)))
+        rows = rank_entries(track, entries)
+        if track.protocol == 2 and int(track.data.params.get("images_per_victim", 1)) > 1:
+            rows = [_with_image_share(track, r, root) for r in rows]
+        out.append(Board(track, rows))
     return sorted(
         out,
         key=lambda b: (
