@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from dglbench.io import atomic_write_text, replace_between_markers
-from dglbench.leaderboard.cells import METRIC_LABELS, columns, fmt_stat, row_cells
+from dglbench.leaderboard.cells import METRIC_LABELS, columns, fmt_stat, row_cells, several_images
 from dglbench.leaderboard.html import html_page
 from dglbench.leaderboard.ranking import Board, Row, rank_entries
 from dglbench.leaderboard.schema import SCHEMA_VERSION, write_schemas
@@ -70,7 +70,7 @@ def rule_v2(board: Board) -> str:
 
 def rule_v2_details(board: Board) -> str:
     """How the rule of :func:`rule_v2` is applied: leakage, floors, failures, intervals, ties and columns."""
-    from dglbench.leaderboard.cells import floors_of, several_images
+    from dglbench.leaderboard.cells import floors_of
     from dglbench.leaderboard.protocol import LEAKAGE_DECIMALS
 
     t = board.track
@@ -220,6 +220,9 @@ def csv_table(board: Board) -> str:
         head += ["rank_range", "reference", "code_hash", "worst.victims", "worst.failures", "leakage.mean",
                  "leakage.bootstrap_low", "leakage.bootstrap_high"]  # fmt: skip
         head += [f"worst.{m}.{k}" for m in t.metrics for k in ("mean", "ci95_low", "ci95_high", "floor")]
+    batch = v2 and several_images(t)
+    if batch:
+        head += ["images_40db.mean", "images_40db.bootstrap_low", "images_40db.bootstrap_high"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(head)
@@ -247,6 +250,8 @@ def csv_table(board: Board) -> str:
                 st = w.metrics.get(m) if w else None
                 out += [st.mean if st else None, st.ci95_low if st else None, st.ci95_high if st else None,
                         w.floors.get(m) if w else None]  # fmt: skip
+        if batch:
+            out += list(row.image_share or (None, None, None))
         writer.writerow(["" if v is None else v for v in out])
     return buf.getvalue()
 

@@ -300,3 +300,6 @@ def test_batch_tracks_show_the_share_of_images_recovered_at_40_db():
         readme.index("leaderboard-natural-imprint-v2:begin") : readme.index("leaderboard-natural-imprint-v2:end")
     ]
     assert "Images ≥ 40 dB (%)" in imprint and "Images ≥ 40 dB" not in faces
+    rows = list(csv.DictReader(io.StringIO((root / "v2/tables/natural-imprint.csv").read_text())))
+    (none,) = [r for r in rows if r["defense"] == "none"]
+    assert float(none["images_40db.mean"]) == pytest.approx(hits / len(psnrs))
