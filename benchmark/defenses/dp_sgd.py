@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -125,11 +124,7 @@ class DPSGD(Defense):
 
         accountant = RDPAccountant()
         accountant.history = [(self.sigma, self.sample_rate, self.steps)]
-        with warnings.catch_warnings():
-            # "Optimal order is the smallest alpha" (small sigma): orders nearer 1 could lower epsilon, so the
-            # value reported is still a valid, conservative upper bound; the warning says nothing a user can act on
-            warnings.filterwarnings("ignore", message="Optimal order is the (smallest|largest) alpha")
-            epsilon, alpha = accountant.get_privacy_spent(delta=self.delta, alphas=RDP_ORDERS)
+        epsilon, alpha = accountant.get_privacy_spent(delta=self.delta, alphas=RDP_ORDERS)
         return {
             "epsilon": float(epsilon),
             "delta": self.delta,

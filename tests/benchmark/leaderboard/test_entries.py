@@ -104,3 +104,20 @@ def test_the_tracks_command_lists_current_tracks_first_with_their_entry_counts(c
                    if not p.name.endswith(".victims.json")]  # fmt: skip
         assert int(count) == len(on_disk), ln
         assert ("superseded" in ln) == (version == "1")
+
+
+def test_every_builtin_baseline_was_made_with_the_defenses_current_code():
+    """An entry id hashes its defense's source file, so editing a built-in defense (or base.py, home of `none`)
+    turns its committed baselines stale: baselines.sh would re-run them as new entries beside the old ones.
+    Re-make them in the same change, or leave the file alone."""
+    from dglbench.defenses import create_defense
+    from dglbench.leaderboard.submit import code_hash
+
+    stale = []
+    for path in ENTRIES:
+        e = load_entry(path)
+        if e.defense.source != "builtin" or e.defense.code_hash is None:
+            continue  # v1 entries migrated without a hash
+        if code_hash(create_defense(e.defense.name)) != e.defense.code_hash:
+            stale.append(e.entry_id)
+    assert not stale, stale
