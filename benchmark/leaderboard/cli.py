@@ -143,7 +143,7 @@ def _tracks(args: argparse.Namespace) -> int:
     root = existing_root(args.root)
     counts = Counter(f"{p.parent.name}@{p.parents[2].name[1:]}" for p in entry_files(root))  # v2/entries/<id>/x
     tracks = [load_track(ref, root) for ref in list_tracks(root)]
-    tracks.sort(key=lambda t: (t.protocol != 2, t.id.split("-"), t.version))  # a base track before its variants
+    tracks.sort(key=lambda t: t.order_key)
     print(f"{'track':28s} {'device':6s} {'entries':>7s}  title")
     for t in tracks:
         note = "" if t.protocol == 2 else "  [superseded by version 2]"

@@ -143,19 +143,10 @@ def boards(root: str | Path | None = None) -> list[Board]:
     for ref in list_tracks(root):
         track = load_track(ref, root)
         rows = rank_entries(track, entries)
-        if track.protocol == 2 and int(track.data.params.get("images_per_victim", 1)) > 1:
+        if track.protocol == 2 and several_images(track):
             rows = [_with_image_share(track, r, root) for r in rows]
         out.append(Board(track, rows))
-    return sorted(
-        out,
-        key=lambda b: (
-            b.track.protocol != 2,
-            not b.rows,
-            b.track.scale != "cpu",
-            b.track.id.split("-"),
-            b.track.version,
-        ),
-    )
+    return sorted(out, key=lambda b: (b.track.order_key[0], not b.rows, b.track.scale != "cpu", *b.track.order_key[1:]))
 
 
 def _markdown_v2(board: Board) -> str:

@@ -259,6 +259,13 @@ class Track:
         """``<id>@<version>``."""
         return f"{self.id}@{self.version}"
 
+    @property
+    def order_key(self) -> tuple:
+        """How tracks are listed: current protocol first, then by id word by word, then version (a base track
+        such as ``natural-convnet5`` before its variant ``natural-convnet5-trained``, which plain string order
+        puts after it since ``-`` sorts before ``@``)."""
+        return (self.protocol != 2, self.id.split("-"), self.version)
+
     @cached_property
     def content_hash(self) -> str:
         """Hash of the track's protocol (every key but the prose: ``title``, ``description``, ``references``).

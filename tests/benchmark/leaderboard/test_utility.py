@@ -97,14 +97,11 @@ def _info(name: str, **params):
     return defense_info(name, params)
 
 
-def test_tracks_that_differ_only_on_the_attackers_side_train_the_same_model(monkeypatch):
-    """The key says two tracks share a utility run; the run itself must agree: the imprint track and its
-    noise-aware variant (case.imprint_scale), and the natural track and its trained variant (model state), end
-    FedSGD with the same weights, bit for bit; a different defense parameter gives another key."""
+def _capture_final_weights(monkeypatch) -> list:
+    """A list that each FedSGD run appends its final weights to (taken when it measures accuracy)."""
     import dglbench.leaderboard.utility as utility
-    from dglbench.leaderboard.utility import utility_key
 
-    finals = []
+    finals: list = []
     real = utility._accuracy
 
     def capture(model, *args):
@@ -112,6 +109,16 @@ def test_tracks_that_differ_only_on_the_attackers_side_train_the_same_model(monk
         return real(model, *args)
 
     monkeypatch.setattr(utility, "_accuracy", capture)
+    return finals
+
+
+def test_tracks_that_differ_only_on_the_attackers_side_train_the_same_model(monkeypatch):
+    """The key says two tracks share a utility run; the run itself must agree: the imprint track and its
+    noise-aware variant (case.imprint_scale), and the natural track and its trained variant (model state), end
+    FedSGD with the same weights, bit for bit; a different defense parameter gives another key."""
+    from dglbench.leaderboard.utility import utility_key
+
+    finals = _capture_final_weights(monkeypatch)
     gaussian = _info("gaussian", sigma=0.01)
     pairs = (("natural-imprint@2", "natural-imprint-scaled@2"), ("natural-convnet5@2", "natural-convnet5-trained@2"))
     for a, b in pairs:
@@ -155,17 +162,9 @@ def test_an_interrupted_fedsgd_run_resumes_from_its_checkpoint_to_the_same_weigh
     """A six-hour utility run must survive the end of a session: stopped after 3 of 6 rounds and resumed, it
     ends with the weights of a run without a break, bit for bit; a damaged checkpoint is ignored."""
     import dglbench.defenses
-    import dglbench.leaderboard.utility as utility
 
     track = load_track("digits-convnet5")
-    finals = []
-    real_accuracy = utility._accuracy
-
-    def capture(model, *args):
-        finals.append([p.detach().clone() for p in model.parameters()])
-        return real_accuracy(model, *args)
-
-    monkeypatch.setattr(utility, "_accuracy", capture)
+    finals = _capture_final_weights(monkeypatch)
     straight = fedsgd_accuracy(track, "gaussian", {"sigma": 0.01}, rounds=6)
 
     real_apply, calls = dglbench.defenses.apply_defense, [0]
