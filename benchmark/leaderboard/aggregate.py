@@ -23,7 +23,7 @@ from dglbench.errors import DglbenchError
 from dglbench.leaderboard.schema import AttackSummary, I2FAgreement, I2FSummary, WorstCaseSummary
 from dglbench.leaderboard.stats import Stat, round_sig, spearman, summarize
 from dglbench.leaderboard.track import Track
-from dglbench.record import VictimRecord, as_record, worst_case
+from dglbench.record import AttackOutcome, VictimRecord, as_record, worst_case
 
 __all__ = [
     "RecordError",
@@ -240,9 +240,26 @@ def suite_summaries(track: Track, trial_id: str, records: list[VictimRecord | di
     return out
 
 
+def _attack_outcomes(
+    r: VictimRecord, keys: list[str], leak_metrics: list[str]
+) -> tuple[list[AttackOutcome], list[str]]:
+    """Protocol 2 on one victim: the outcomes of the attacks that succeeded on it, and the keys of those that
+    failed (a skipped attack did not apply there and is neither)."""
+    from dglbench.leaderboard.protocol import succeeded
+
+    ok, failed = [], []
+    for key in keys:
+        o = r.attack(key)
+        if r.ok and o is not None and succeeded(o, leak_metrics):
+            ok.append(o)
+        elif not (r.ok and _skipped(o)):
+            failed.append(key)
+    return ok, failed
+
+
 def suite_worst_case(track: Track, records: list[VictimRecord | dict[str, Any]]) -> WorstCaseSummary:
     """Protocol 2: per victim the worst case over the attacks that succeeded on it, its leakage, and summaries."""
-    from dglbench.leaderboard.protocol import bootstrap_interval, leakage_value, succeeded, victim_leakage
+    from dglbench.leaderboard.protocol import bootstrap_interval, leakage_value, victim_leakage
 
     recs = [as_record(r) for r in records]
     keys = _attack_keys(recs)
@@ -250,13 +267,9 @@ def suite_worst_case(track: Track, records: list[VictimRecord | dict[str, Any]])
     attack_failures = {k: 0 for k in keys}
     per_victim, leakage = [], []
     for r in recs:
-        ok = []
-        for key in keys:
-            o = r.attack(key)
-            if r.ok and o is not None and succeeded(o, leak_metrics):
-                ok.append(o)
-            elif not (r.ok and _skipped(o)):  # a skipped attack did not apply there: not a failure
-                attack_failures[key] += 1
+        ok, failed = _attack_outcomes(r, keys, leak_metrics)
+        for key in failed:
+            attack_failures[key] += 1
         w = worst_case(ok) if ok else None
         per_victim.append(w)
         floors = _mean_image_floors(r)
@@ -304,17 +317,14 @@ def image_share(
         >>> image_share(load_track("natural-imprint@2"), [rec([45.0, None, 12.0, 39.9])])[0]
         0.5
     """
-    from dglbench.leaderboard.protocol import bootstrap_interval, succeeded
+    from dglbench.leaderboard.protocol import bootstrap_interval
 
     recs = [as_record(r) for r in records]
     keys = _attack_keys(recs)
     shares = []
     for r in recs:
         best: list[float] | None = None
-        for key in keys:
-            o = r.attack(key)
-            if not (r.ok and o is not None and succeeded(o, track.ranking.leakage)):
-                continue
+        for o in _attack_outcomes(r, keys, list(track.ranking.leakage))[0]:
             per = (o.metrics or {}).get("per_image") or {}
             psnr, mse = per.get("psnr"), per.get("mse") or []
             if not psnr:

@@ -273,19 +273,42 @@ def test_verify_compares_which_attacks_succeeded_and_the_worst_case_over_them():
     assert (a["worst.psnr"], a["worst.ssim"]) == (20.0, 0.5) and (b["worst.psnr"], b["worst.ssim"]) == (40.0, 0.9)
 
 
-def test_the_v2_baseline_script_covers_every_builtin_defense_at_two_strengths():
-    import re
+def _run_baselines_with_a_fake_dglbench(tmp_path, **env_extra: str) -> list[list[str]]:
+    """Run ``v2/baselines.sh`` with a ``dglbench`` that only logs its arguments; one list per call."""
+    import os
+    import shlex
+    import shutil
+    import subprocess
 
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    fake = tmp_path / "dglbench"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%q " "$@" >> "$LOG"; echo >> "$LOG"\n')
+    fake.chmod(0o755)
+    repo = tmp_path / "repo"
+    (repo / "leaderboards" / "v2").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "v2" / "baselines.sh", repo / "leaderboards" / "v2")
+    env = {**os.environ, "DGLBENCH": str(fake), "WORK_DIR": str(tmp_path / "w"), "LOG": str(log), **env_extra}
+    subprocess.run(["bash", "leaderboards/v2/baselines.sh"], cwd=repo, env=env, check=True, capture_output=True)
+    return [shlex.split(line) for line in log.read_text().splitlines()]
+
+
+def test_the_v2_baseline_script_covers_every_builtin_defense_at_two_strengths(tmp_path):
     from dglbench.defenses import DEFENSES
 
-    text = (ROOT / "v2" / "baselines.sh").read_text()
-    calls = re.findall(r"^submit --defense (\S+)(.*)$", text, flags=re.M)
+    calls = _run_baselines_with_a_fake_dglbench(tmp_path, TRACKS="toy@2")
+    submits = [c for c in calls if c[:2] == ["leaderboard", "submit"]]
+    assert all("--skip-existing" in c and c[c.index("--track") + 1] == "toy@2" for c in submits)  # resumable
     settings: dict[str, set[str]] = {}
-    for name, params in calls:
-        settings.setdefault(name, set()).add(params.strip())
+    for c in submits:
+        i = c.index("--defense")
+        settings.setdefault(c[i + 1], set()).add(" ".join(c[i + 2 :]))
     assert set(settings) == set(DEFENSES.list())
     assert all(name == "none" or len(s) >= 2 for name, s in settings.items()), settings
-    assert "--skip-existing" in text  # resumable: finished entries are skipped
+    assert calls[len(submits) :] == [["leaderboard", "validate"], ["leaderboard", "render", "--repo-root", "."]]
+    # a second process on the same track walks the same list from its end
+    reverse = _run_baselines_with_a_fake_dglbench(tmp_path, TRACKS="toy@2", ORDER="reverse")
+    assert reverse[: len(submits)] == submits[::-1]
 
 
 def test_sigterm_to_the_baseline_script_reaches_the_running_submit(tmp_path):
