@@ -52,6 +52,7 @@ from dglbench.leaderboard.track import Track, load_track
 from dglbench.leaderboard.typed import to_dict
 from dglbench.leaderboard.utility import shared_fedsgd_accuracy, undefended_accuracy
 from dglbench.record import VictimRecord
+from dglbench.sweep.guard import FolderLock
 
 __all__ = ["Submission", "build_entry", "code_hash", "defense_info", "process_rank", "reused_seconds", "submit"]
 
@@ -260,42 +261,55 @@ def submit(
     if process_rank() == 0:  # say where the entry will go before anything runs
         print(f"leaderboard root {entry_path.parents[3]} (DGLBENCH_LEADERBOARDS or --root); entry {entry_path.name}",
               flush=True)  # fmt: skip
-    configs = track.trial_configs(defense, info.params, data_root)
     out_dir = Path(work_dir) / track.id / f"{entry_slug(info.name)}-{digest}"
-    records: list[VictimRecord] = []
-    with one_cpu_thread(torch_device(accelerator)):  # numbers independent of OMP_NUM_THREADS
-        for config in configs:
-            records += run_trial(
-                config, devices=devices, accelerator=accelerator, output_dir=out_dir, progress=progress,
-                log_progress=not progress,
-            )  # fmt: skip
-    if process_rank() != 0:
-        return None
-    privacy_seconds = time.perf_counter() - start + reused_seconds(records, started)
-    device = torch_device(accelerator).type
-    t0 = time.perf_counter()
-    defended, computed_on = shared_fedsgd_accuracy(track, info, work_dir, device=device, data_root=data_root, log=True)
-    if computed_on is not None:
-        print(
-            f"utility of {info.name} on {track.ref}: {defended.test_accuracy:.2f}% from the FedSGD run made for "
-            f"{computed_on} (same data, model, initialization, case, protocol and defense)",
-            flush=True,
+    # two submissions of one entry (two baseline processes, a second terminal) would race on its records
+    lock = FolderLock(out_dir, name="submit.lock", what="entry work folder", holder=f"submitting {entry_path.name}")
+    if process_rank() == 0:  # the other DDP ranks are this submission's own helpers
+        lock.acquire()
+    try:
+        if skip_existing and entry_path.exists():  # it landed between the check above and the lock
+            return Submission(None, entry_path, victims_path, skipped=True)
+        configs = track.trial_configs(defense, info.params, data_root)
+        records: list[VictimRecord] = []
+        with one_cpu_thread(torch_device(accelerator)):  # numbers independent of OMP_NUM_THREADS
+            for config in configs:
+                records += run_trial(
+                    config, devices=devices, accelerator=accelerator, output_dir=out_dir, progress=progress,
+                    log_progress=not progress,
+                )  # fmt: skip
+        if process_rank() != 0:
+            return None
+        privacy_seconds = time.perf_counter() - start + reused_seconds(records, started)
+        device = torch_device(accelerator).type
+        t0 = time.perf_counter()
+        defended, computed_on = shared_fedsgd_accuracy(
+            track, info, work_dir, device=device, data_root=data_root, log=True
         )
-    undefended = undefended_accuracy(track, device=device, root=root, data_root=data_root)
-    utility_seconds = time.perf_counter() - t0 + (defended.seconds if computed_on is not None else 0.0)
-    entry = build_entry(
-        track, info, records, [c.trial_id for c in configs],
-        test_accuracy=defended.test_accuracy, undefended=undefended.test_accuracy, test_images=defended.test_images,
-        hardware=Hardware(accelerator, devices, _device_name(accelerator, devices), os.cpu_count()),
-        seconds=Seconds(privacy=round(privacy_seconds, 2), utility=round(utility_seconds, 2),
-                        total=round(privacy_seconds + utility_seconds, 2)),
-    )  # fmt: skip
-    stored = [r.to_dict() for r in records]  # the records' own schema version is in each record
-    atomic_write_json(victims_path, to_dict(VictimsFile(SCHEMA_VERSION, entry.entry_id, stored)))
-    atomic_write_json(entry_path, to_dict(entry))
-    if track.protocol == 2:  # the page shows the worst-case reconstructions of the first victims
-        from dglbench.layout import RunLayout
-        from dglbench.leaderboard.strip import strip_path, write_strip
+        if computed_on is not None:
+            print(
+                f"utility of {info.name} on {track.ref}: {defended.test_accuracy:.2f}% from the FedSGD run made for "
+                f"{computed_on} (same data, model, initialization, case, protocol and defense)",
+                flush=True,
+            )
+        undefended = undefended_accuracy(track, device=device, root=root, data_root=data_root)
+        utility_seconds = time.perf_counter() - t0 + (defended.seconds if computed_on is not None else 0.0)
+        entry = build_entry(
+            track, info, records, [c.trial_id for c in configs],
+            test_accuracy=defended.test_accuracy, undefended=undefended.test_accuracy, test_images=defended.test_images,
+            hardware=Hardware(accelerator, devices, _device_name(accelerator, devices), os.cpu_count()),
+            seconds=Seconds(privacy=round(privacy_seconds, 2), utility=round(utility_seconds, 2),
+                            total=round(privacy_seconds + utility_seconds, 2)),
+        )  # fmt: skip
+        stored = [r.to_dict() for r in records]  # the records' own schema version is in each record
+        atomic_write_json(victims_path, to_dict(VictimsFile(SCHEMA_VERSION, entry.entry_id, stored)))
+        atomic_write_json(entry_path, to_dict(entry))
+        if track.protocol == 2:  # the page shows the worst-case reconstructions of the first victims
+            from dglbench.layout import RunLayout
+            from dglbench.leaderboard.strip import strip_path, write_strip
 
-        write_strip(RunLayout(out_dir).images(configs[0].trial_id).directory, track.num_victims, strip_path(entry_path))
-    return Submission(entry, entry_path, victims_path)
+            write_strip(
+                RunLayout(out_dir).images(configs[0].trial_id).directory, track.num_victims, strip_path(entry_path)
+            )
+        return Submission(entry, entry_path, victims_path)
+    finally:
+        lock.release()

@@ -46,11 +46,20 @@ class FolderLock:
 
     Args:
         folder: the sweep folder (created if missing).
+        name: the lock file's name in it.
+        what / holder: how the refusal names the folder and the process that holds it.
     """
 
-    def __init__(self, folder: str | Path) -> None:
-        self.path = Path(folder) / LOCK_NAME
+    def __init__(
+        self,
+        folder: str | Path,
+        name: str = LOCK_NAME,
+        what: str = "sweep folder",
+        holder: str = "a sweep is running there",
+    ) -> None:
+        self.path = Path(folder) / name
         self.held = False
+        self.what, self.holder = what, holder
 
     def _holder(self) -> dict[str, Any]:
         try:
@@ -77,24 +86,24 @@ class FolderLock:
                 if isinstance(pid, int) and (host != me["host"] or _alive(pid)):
                     where = "" if host == me["host"] else f" on {host}"
                     raise ConfigError(
-                        f"sweep folder {self.path.parent} is locked by pid {pid}{where} (a sweep is running there); "
+                        f"{self.what} {self.path.parent} is locked by pid {pid}{where} ({self.holder}); "
                         f"wait for it to finish, or delete {self.path} if that process is gone"
                     ) from None
                 if pid is None and self._age() < 10:  # just created, its holder is writing its pid now
                     raise ConfigError(
-                        f"sweep folder {self.path.parent} is being locked by another process; try again in a moment"
+                        f"{self.what} {self.path.parent} is being locked by another process; try again in a moment"
                     ) from None
                 self.path.unlink(missing_ok=True)  # a stale lock (its process is gone): take it over
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-                    raise ConfigError(f"cannot write in sweep folder {self.path.parent}: {exc.strerror}") from None
+                    raise ConfigError(f"cannot write in {self.what} {self.path.parent}: {exc.strerror}") from None
                 raise
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
             return
-        raise ConfigError(f"could not take the lock {self.path}; another sweep keeps taking it, try again")
+        raise ConfigError(f"could not take the lock {self.path}; another process keeps taking it, try again")
 
     def release(self) -> None:
         if self.held:

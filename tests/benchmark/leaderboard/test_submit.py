@@ -122,3 +122,33 @@ def test_a_resumed_entry_counts_the_earlier_runs_time_on_the_records_it_reused(t
     seconds = json.loads(again.entry_path.read_text())["provenance"]["seconds"]
     assert seconds["privacy"] >= shares > 0
     assert seconds["total"] == pytest.approx(seconds["privacy"] + seconds["utility"], abs=0.02)
+
+
+def test_a_second_submission_of_the_same_entry_stops_with_one_line_while_the_first_runs(tiny_root, tmp_path, capsys):
+    """Two baseline processes on one track (``ORDER=reverse``) met on the same entry and both computed it; the
+    second must stop before it touches the records, and the entry must run once the first is gone."""
+    import socket
+    import subprocess
+
+    from dglbench.leaderboard.submit import defense_info, entry_digest, entry_slug
+    from dglbench.leaderboard.track import load_track
+
+    track = load_track("digits-convnet5", tiny_root)
+    info = defense_info("none", {}, track=track)
+    folder = tmp_path / "runs" / track.id / f"{entry_slug(info.name)}-{entry_digest(track.ref, info)}"
+    folder.mkdir(parents=True)
+    first = subprocess.Popen(["sleep", "60"])  # stands for the first submission: a live process on this host
+    try:
+        (folder / "submit.lock").write_text(json.dumps({"pid": first.pid, "host": socket.gethostname()}))
+        args = ["leaderboard", "submit", "--track", "digits-convnet5", "--defense", "none",
+                "--out", str(tiny_root), "--work-dir", str(tmp_path / "runs"), "--skip-existing"]  # fmt: skip
+        capsys.readouterr()
+        assert main(args) != 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"locked by pid {first.pid}" in err[0] and "(submitting none-" in err[0], err
+        assert sorted(p.name for p in folder.iterdir()) == ["submit.lock"] and entry_files(tiny_root) == []
+    finally:
+        first.kill()
+        first.wait()
+    assert main(args) == 0  # the holder is gone: its lock is taken over
+    assert len(entry_files(tiny_root)) == 1 and not (folder / "submit.lock").exists()
