@@ -320,11 +320,11 @@ def image_share(
     from dglbench.leaderboard.protocol import bootstrap_interval
 
     recs = [as_record(r) for r in records]
-    keys = _attack_keys(recs)
+    keys, leak_metrics = _attack_keys(recs), list(track.ranking.leakage)
     shares = []
     for r in recs:
         best: list[float] | None = None
-        for o in _attack_outcomes(r, keys, list(track.ranking.leakage))[0]:
+        for o in _attack_outcomes(r, keys, leak_metrics)[0]:
             per = (o.metrics or {}).get("per_image") or {}
             psnr, mse = per.get("psnr"), per.get("mse") or []
             if not psnr:

@@ -263,10 +263,7 @@ def submit(
               flush=True)  # fmt: skip
     out_dir = Path(work_dir) / track.id / f"{entry_slug(info.name)}-{digest}"
     # two submissions of one entry (two baseline processes, a second terminal) would race on its records
-    lock = FolderLock(out_dir, name="submit.lock", what="entry work folder", holder=f"submitting {entry_path.name}")
-    if process_rank() == 0:  # the other DDP ranks are this submission's own helpers
-        lock.acquire()
-    try:
+    with FolderLock(out_dir, name="submit.lock", what="entry work folder", holder=f"submitting {entry_path.name}"):
         if skip_existing and entry_path.exists():  # it landed between the check above and the lock
             return Submission(None, entry_path, victims_path, skipped=True)
         configs = track.trial_configs(defense, info.params, data_root)
@@ -311,5 +308,3 @@ def submit(
                 RunLayout(out_dir).images(configs[0].trial_id).directory, track.num_victims, strip_path(entry_path)
             )
         return Submission(entry, entry_path, victims_path)
-    finally:
-        lock.release()

@@ -75,6 +75,11 @@ class FolderLock:
             return float("inf")
 
     def acquire(self) -> None:
+        """Take the lock, on DDP rank 0 only: the other ranks are the holder's own helpers."""
+        from dglbench.hardware import is_global_zero
+
+        if not is_global_zero():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(3):

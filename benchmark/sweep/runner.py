@@ -72,14 +72,9 @@ def run_sweep(
     """
     sweep = spec if isinstance(spec, SweepSpec) else load_spec(spec)
     out = check_output_dir(out_dir)
-    lock = FolderLock(out)
-    if is_global_zero():  # the other DDP ranks are this sweep's own helpers
-        lock.acquire()
-    try:
+    with FolderLock(out):
         check_same_spec(RunLayout(out).spec, sweep.source, force)
         return _run_sweep(sweep, out, devices, accelerator, progress, max_trials, num_nodes, force, share_i2f)
-    finally:
-        lock.release()
 
 
 def _run_sweep(
