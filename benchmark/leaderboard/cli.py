@@ -56,7 +56,8 @@ def _submit(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{m} {st.mean:.4g}" for m, st in s.metrics.items() if st.mean is not None)
         print(f"  {s.attack}: {shown} ({s.failures}/{s.victims} failed)")
     if e.i2f is not None:
-        print(f"  I2F lower bound {e.i2f.lower_bound.mean}, exact {[st.mean for st in e.i2f.exact.values()]}")
+        exact = ", ".join(f"{st.mean:.4g} (ε={eps})" for eps, st in e.i2f.exact.items())
+        print(f"  I2F lower bound {e.i2f.lower_bound.mean:.4g}, exact {exact} (means over the victims)")
     print(f"  FedSGD test accuracy {fed.test_accuracy:.2f}% (undefended {fed.undefended_test_accuracy:.2f}%)")
     elapsed = time.perf_counter() - start
     print(f"done in {elapsed:.1f} s; next: dglbench leaderboard validate && dglbench leaderboard render")
