@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
+from typing import Any
 
 from dglbench.leaderboard.cells import (
     ATTACK_LABELS,
@@ -87,6 +88,48 @@ def _merge_close_labels(
     return [(g[0][0], g[0][1], "\n".join(t for _, _, t in g)) for g in groups]
 
 
+def _lift_overlapping_labels(
+    fig: Any,
+    ax: Any,
+    notes: Sequence[tuple[Any, set[tuple[float, float]]]],
+    points: Sequence[tuple[float, float]],
+    pad: float = 1.0,
+) -> None:
+    """Move each label up, lowest point first, until its text box clears the labels placed before it and the
+    markers of the points it does not name (``notes``: each annotation with the points it names).
+
+    ``_merge_close_labels`` joins the labels of points that nearly coincide; this handles the labels of points
+    apart whose texts still meet (a long label running into its right-hand neighbour's at the same height, or
+    over a marker). The boxes are the drawn texts' extents (matplotlib's renderer), so the result holds for any
+    label length; call it after every artist that can move the axes' limits has been added.
+    """
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    def text_box(note: Any) -> Any:  # the text alone: an annotation's own extent includes its leader line
+        note.update_positions(renderer)
+        return Text.get_window_extent(note, renderer)
+
+    fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
+    renderer = fig.canvas.get_renderer()
+    half = 3.5 * fig.dpi / 72.0  # a default scatter marker (36 pt²) is 6 points across, plus a little
+    markers = {}
+    for x, y in points:
+        cx, cy = ax.transData.transform((x, y))
+        markers[(x, y)] = Bbox.from_extents(cx - half, cy - half, cx + half, cy + half)
+    placed: list[Any] = []
+    for note, own in sorted(notes, key=lambda n: (n[0].xy[1], n[0].xy[0])):
+        others = [box for xy, box in markers.items() if xy not in own]
+        for _ in range(len(notes) + len(others)):
+            box = text_box(note)
+            clash = [b for b in placed + others if box.overlaps(b)]
+            if not clash:
+                break
+            dx, dy = note.xyann
+            note.xyann = (dx, dy + (max(b.y1 for b in clash) - box.y0 + pad) * 72.0 / fig.dpi)
+        placed.append(text_box(note))
+
+
 def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
     """The privacy–utility plot of a track as an ``<svg>`` element (matplotlib, deterministic)."""
     import matplotlib
@@ -114,8 +157,12 @@ def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
                 params = shown_params(r.entry.defense)
                 text = r.entry.defense.name + (f" {params}" if params != "–" else "")
                 labels.append((x, y, text if len(text) <= 28 else text[:27] + "…"))
+        notes = []  # each label with the points it names (a merged label names several)
+        leader = {"arrowstyle": "-", "color": "#aaaaaa", "lw": 0.5, "shrinkA": 0, "shrinkB": 3}
         for x, y, text in _merge_close_labels(labels, pts):
-            ax.annotate(text, (x, y), fontsize=6.5, xytext=(3, 3), textcoords="offset points", color="#444444")
+            note = ax.annotate(text, (x, y), fontsize=6.5, xytext=(3, 3), textcoords="offset points",
+                               color="#444444", arrowprops=leader)  # fmt: skip
+            notes.append((note, {(lx, ly) for lx, ly, lt in labels if lt in text.split("\n")}))
         if rows:
             undefended = rows[0].entry.utility.fedsgd.undefended_test_accuracy
             ax.axvline(undefended - track.ranking.max_accuracy_drop, color="#d62728", ls="--", lw=0.8,
@@ -135,6 +182,7 @@ def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
         ax.grid(alpha=0.3)
         if pts or rows:
             ax.legend(fontsize=7, loc="best")
+        _lift_overlapping_labels(fig, ax, notes, [(x, y) for x, y, _ in pts])
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
         plt.close(fig)
