@@ -90,7 +90,9 @@ def rule_v2_details(board: Board) -> str:
         f"{t.ranking.bootstrap_seed}); ranks compare the intervals at the table's {LEAKAGE_DECIMALS} decimals, so "
         "entries that read alike share a rank. Listed by mean "
         f"leakage, then mean worst-case {METRIC_LABELS[t.ranking.tie_break]} (lower first), then entry id. Entries "
-        "beyond the accuracy bar are listed unranked. Acc. drop = undefended minus defended accuracy, in points "
+        "beyond the accuracy bar are listed unranked. "
+        + _test_accuracy_note(board)
+        + "Acc. drop = undefended minus defended accuracy, in points "
         "(positive: accuracy lost). ★: privacy-utility frontier. Parameters: the strength and every value that "
         "differs from the defense's default; a privacy accountant's steps and sample rate are in its ε (the CSV "
         "lists all)."
@@ -101,6 +103,20 @@ def rule_v2_details(board: Board) -> str:
             if several_images(t)
             else ""
         )
+    )
+
+
+def _test_accuracy_note(board: Board) -> str:
+    """What one test accuracy is: one FedSGD run, scored on so many images that one image is so many points."""
+    u = board.track.utility
+    sizes = sorted({r.entry.utility.fedsgd.test_images for r in board.rows})
+    if len(sizes) != 1 or sizes[0] < 1:
+        return ""
+    n = sizes[0]
+    return (
+        f"Test acc.: top-1 accuracy after one FedSGD run ({u.rounds} rounds of {u.clients} clients, seed {u.seed}) "
+        f"on the {n} test images, so one image is {100 / n:.2g} points and entries whose models differ can read "
+        "alike. "
     )
 
 

@@ -152,6 +152,8 @@ def test_v2_board_states_its_rule_floors_and_shared_ranks(tmp_path):
     assert "Rule: entries within 10 points" in readme and "floor 13.58" in readme and "How to cite" in readme
     assert "| 1-2 | gaussian" in readme and "| 1-2 | laplace" in readme and "| 3 | none" in readme
     assert "Acc. drop = undefended minus defended accuracy" in readme
+    # the entries were scored on 359 test images: one image is 100/359 = 0.2786 points
+    assert "on the 359 test images, so one image is 0.28 points" in readme
     assert "<https://example.org/x>" in readme
     rule = re.search(r"\*\*(Rule: .*?)\*\*", readme)  # the rule in one sentence, how it is applied after it
     assert rule and rule.group(1).count(". ") == 0 and rule.group(1).endswith(".")
