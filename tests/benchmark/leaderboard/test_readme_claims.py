@@ -65,10 +65,13 @@ def stale_rank_claims(text: str) -> tuple[int, list[str]]:
             if int(of) != len(ranked) or rank not in ranked:
                 stale.append(f"{track} {rank} of {of}: the table ranks {len(ranked)} ({sorted(set(ranked))})")
             end = claims[i + 1].start() if i + 1 < len(claims) else len(cell)
-            rank_of = {q: r[0] for r in table for q in LEAKAGE.findall(" | ".join(r))}
+            rank_of: dict[str, set[str]] = {}  # a value can read alike on two rows (0.001 [0.000, 0.003])
+            for r in table:
+                for q in LEAKAGE.findall(" | ".join(r)):
+                    rank_of.setdefault(q, set()).add(r[0])
             for quote in LEAKAGE.findall(cell[m.end() : end].split(";")[0]):
-                if rank_of.get(quote) != rank:
-                    stale.append(f"{track} {quote}: said {rank}, ranked {rank_of.get(quote)}")
+                if rank not in rank_of.get(quote, set()):
+                    stale.append(f"{track} {quote}: said {rank}, ranked {sorted(rank_of.get(quote, set()))}")
     return checked, stale
 
 
