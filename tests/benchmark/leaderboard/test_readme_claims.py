@@ -50,6 +50,15 @@ def stale_rank_claims(text: str) -> tuple[int, list[str]]:
     blocks = _blocks(text)
     section = text.split("## From v1 to v2", 1)[1].split("\n\n**", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Defense")]
+    ranked_of: dict[str, list[str]] = {}  # per track: the ranks of its ranked rows
+    rank_of: dict[str, dict[str, set[str]]] = {}  # per track: leakage cell -> ranks (two rows can read alike)
+    for track, block in TRACK_BLOCK.items():
+        table = _table_rows(blocks[block])
+        ranked_of[track] = [r[0] for r in table if r[0] != "–"]
+        rank_of[track] = {}
+        for r in table:
+            for q in LEAKAGE.findall(" | ".join(r)):
+                rank_of[track].setdefault(q, set()).add(r[0])
     checked, stale = 0, []
     for row in rows:
         cell = row.split("|")[3]
@@ -59,19 +68,14 @@ def stale_rank_claims(text: str) -> tuple[int, list[str]]:
         for i, m in enumerate(claims):
             track = m.group(1) or m.group(6)
             rank, of = (m.group(2), m.group(3)) if m.group(1) else (m.group(4), m.group(5))
-            table = _table_rows(blocks[TRACK_BLOCK[track]])
-            ranked = [r[0] for r in table if r[0] != "–"]
+            ranked, quoted = ranked_of[track], rank_of[track]
             checked += 1
             if int(of) != len(ranked) or rank not in ranked:
                 stale.append(f"{track} {rank} of {of}: the table ranks {len(ranked)} ({sorted(set(ranked))})")
             end = claims[i + 1].start() if i + 1 < len(claims) else len(cell)
-            rank_of: dict[str, set[str]] = {}  # a value can read alike on two rows (0.001 [0.000, 0.003])
-            for r in table:
-                for q in LEAKAGE.findall(" | ".join(r)):
-                    rank_of.setdefault(q, set()).add(r[0])
             for quote in LEAKAGE.findall(cell[m.end() : end].split(";")[0]):
-                if rank not in rank_of.get(quote, set()):
-                    stale.append(f"{track} {quote}: said {rank}, ranked {sorted(rank_of.get(quote, set()))}")
+                if rank not in quoted.get(quote, set()):
+                    stale.append(f"{track} {quote}: said {rank}, ranked {sorted(quoted.get(quote, set()))}")
     return checked, stale
 
 
