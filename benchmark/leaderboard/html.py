@@ -94,14 +94,16 @@ def _lift_overlapping_labels(
     notes: Sequence[tuple[Any, set[tuple[float, float]]]],
     points: Sequence[tuple[float, float]],
     pad: float = 1.0,
-) -> None:
+) -> float:
     """Move each label up, lowest point first, until its text box clears the labels placed before it and the
     markers of the points it does not name (``notes``: each annotation with the points it names).
 
     ``_merge_close_labels`` joins the labels of points that nearly coincide; this handles the labels of points
     apart whose texts still meet (a long label running into its right-hand neighbour's at the same height, or
     over a marker). The boxes are the drawn texts' extents (matplotlib's renderer), so the result holds for any
-    label length; call it after every artist that can move the axes' limits has been added.
+    label length; call it after every artist that can move the axes' limits has been added. A label that would
+    cross the axes' right edge is put to the left of its point first. Returns how far (pixels) the highest label
+    reaches above the axes (negative: inside).
     """
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
@@ -112,6 +114,11 @@ def _lift_overlapping_labels(
 
     fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
     renderer = fig.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+    for note, _ in notes:  # a label that would cross the axes' right edge goes to the left of its point
+        if text_box(note).x1 > right:
+            note.set_horizontalalignment("right")
+            note.xyann = (-abs(note.xyann[0]), note.xyann[1])
     half = 3.5 * fig.dpi / 72.0  # a default scatter marker (36 pt²) is 6 points across, plus a little
     markers = {}
     for x, y in points:
@@ -128,6 +135,26 @@ def _lift_overlapping_labels(
             dx, dy = note.xyann
             note.xyann = (dx, dy + (max(b.y1 for b in clash) - box.y0 + pad) * 72.0 / fig.dpi)
         placed.append(text_box(note))
+    return max((box.y1 for box in placed), default=0.0) - ax.get_window_extent(renderer).y1
+
+
+def _place_labels(
+    fig: Any,
+    ax: Any,
+    notes: Sequence[tuple[Any, set[tuple[float, float]]]],
+    points: Sequence[tuple[float, float]],
+) -> None:
+    """Lift the labels clear of each other (``_lift_overlapping_labels``) and raise the top of the y axis until
+    the highest label is inside the axes, so that no label crosses the frame."""
+    start = [note.xyann[1] for note, _ in notes]
+    for _ in range(5):
+        for (note, _own), y in zip(notes, start):
+            note.xyann = (note.xyann[0], y)
+        over = _lift_overlapping_labels(fig, ax, notes, points)
+        if over <= 0:
+            return
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + (high - low) * (over + 2.0) / ax.get_window_extent().height)
 
 
 def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
@@ -175,14 +202,14 @@ def privacy_utility_svg(track: Track, rows: Sequence[Row]) -> str:
         ax.set_xlabel("FedSGD test accuracy (%)  →  more useful")
         more = "more leakage" if METRICS[metric] else "less leakage"
         if track.protocol == 2:
-            ax.set_ylabel("mean worst-case leakage (0 blind guess, 1 perfect)  ↑  more leakage")
+            ax.set_ylabel("mean worst-case leakage  ↑  more leakage\n(0 blind guess, 1 perfect)")
         else:
             ax.set_ylabel(f"{METRIC_LABELS[metric]} of the {attack}  ↑  {more}")
         ax.set_title(f"{track.ref}: privacy vs utility", fontsize=10)
         ax.grid(alpha=0.3)
         if pts or rows:
             ax.legend(fontsize=7, loc="best")
-        _lift_overlapping_labels(fig, ax, notes, [(x, y) for x, y, _ in pts])
+        _place_labels(fig, ax, notes, [(x, y) for x, y, _ in pts])
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
         plt.close(fig)

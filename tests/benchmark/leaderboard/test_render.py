@@ -352,3 +352,39 @@ def test_plot_labels_clear_each_other_and_the_markers_of_other_points():
     assert clashes() == []
     assert all(n.xyann[1] <= 40 for n, _ in notes)  # lifted by a few lines at most, not off the axes
     plt.close(fig)
+
+
+def test_plot_labels_stay_inside_the_axes():
+    """natural-convnet5-trained@2 as it stood: every point at the largest accuracy, so each label ran past the
+    axes' right edge; and a merged label of three lines at the highest point, which runs over the frame's top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from dglbench.leaderboard.html import _place_labels
+    from matplotlib.text import Text
+
+    points = [(55.7, 0.655), (55.7, 0.585), (55.7, 0.160), (55.7, 0.134)]
+    texts = ["none\nquantization bits=8\neigen_noise scale=0.01", "eigen_noise scale=0.1", "gaussian sigma=0.01",
+             "laplace scale=0.01"]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.scatter([x for x, _ in points], [y for _, y in points])
+    ax.axvline(45.7)
+    notes = [
+        (ax.annotate(t, p, fontsize=6.5, xytext=(3, 3), textcoords="offset points", arrowprops={"arrowstyle": "-"}),
+         {p})
+        for t, p in zip(texts, points)
+    ]  # fmt: skip
+
+    def outside() -> list[str]:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        frame = ax.get_window_extent(renderer)
+        boxes = [Text.get_window_extent(n, renderer) for n, _ in notes]
+        return [t for t, b in zip(texts, boxes) if b.x0 < frame.x0 or b.x1 > frame.x1 or b.y1 > frame.y1]
+
+    assert "eigen_noise scale=0.1" in outside() and texts[0] in outside()  # the case is real
+    _place_labels(fig, ax, notes, points)
+    assert outside() == []
+    assert ax.get_ylim()[1] < 0.8  # the axis grew by a line's height, not more
+    plt.close(fig)
