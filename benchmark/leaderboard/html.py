@@ -147,11 +147,11 @@ def _place_labels(
     """Lift the labels clear of each other (``_lift_overlapping_labels``) and raise the top of the y axis until
     the highest label is inside the axes, so that no label crosses the frame."""
     start = [note.xyann[1] for note, _ in notes]
-    for _ in range(5):
+    for attempt in range(5):  # the last attempt ends with a lift, so the labels never overlap
         for (note, _own), y in zip(notes, start):
             note.xyann = (note.xyann[0], y)
         over = _lift_overlapping_labels(fig, ax, notes, points)
-        if over <= 0:
+        if over <= 0 or attempt == 4:
             return
         low, high = ax.get_ylim()
         ax.set_ylim(low, high + (high - low) * (over + 2.0) / ax.get_window_extent().height)
