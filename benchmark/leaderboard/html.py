@@ -101,9 +101,8 @@ def _lift_overlapping_labels(
     ``_merge_close_labels`` joins the labels of points that nearly coincide; this handles the labels of points
     apart whose texts still meet (a long label running into its right-hand neighbour's at the same height, or
     over a marker). The boxes are the drawn texts' extents (matplotlib's renderer), so the result holds for any
-    label length; call it after every artist that can move the axes' limits has been added. A label that would
-    cross the axes' right edge is put to the left of its point first. Returns how far (pixels) the highest label
-    reaches above the axes (negative: inside).
+    label length; call it after every artist that can move the axes' limits has been added. Returns how far
+    (pixels) the highest label reaches above the axes (negative: inside).
     """
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
@@ -114,11 +113,6 @@ def _lift_overlapping_labels(
 
     fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
     renderer = fig.canvas.get_renderer()
-    right = ax.get_window_extent(renderer).x1
-    for note, _ in notes:  # a label that would cross the axes' right edge goes to the left of its point
-        if text_box(note).x1 > right:
-            note.set_horizontalalignment("right")
-            note.xyann = (-abs(note.xyann[0]), note.xyann[1])
     half = 3.5 * fig.dpi / 72.0  # a default scatter marker (36 pt²) is 6 points across, plus a little
     markers = {}
     for x, y in points:
@@ -144,8 +138,19 @@ def _place_labels(
     notes: Sequence[tuple[Any, set[tuple[float, float]]]],
     points: Sequence[tuple[float, float]],
 ) -> None:
-    """Lift the labels clear of each other (``_lift_overlapping_labels``) and raise the top of the y axis until
-    the highest label is inside the axes, so that no label crosses the frame."""
+    """Put a label that would cross the axes' right edge to the left of its point, lift the labels clear of each
+    other (``_lift_overlapping_labels``) and raise the top of the y axis until the highest label is inside the
+    axes, so that no label crosses the frame. Growing the y axis moves nothing sideways: one flip is enough."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
+    renderer = fig.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+    for note, _ in notes:
+        note.update_positions(renderer)
+        if Text.get_window_extent(note, renderer).x1 > right:  # the text alone, without its leader line
+            note.set_horizontalalignment("right")
+            note.xyann = (-abs(note.xyann[0]), note.xyann[1])
     start = [note.xyann[1] for note, _ in notes]
     for attempt in range(5):  # the last attempt ends with a lift, so the labels never overlap
         for (note, _own), y in zip(notes, start):
