@@ -88,6 +88,14 @@ def _merge_close_labels(
     return [(g[0][0], g[0][1], "\n".join(t for _, _, t in g)) for g in groups]
 
 
+def _text_box(note: Any, renderer: Any) -> Any:
+    """The drawn extent of an annotation's text alone (its own extent includes its leader line)."""
+    from matplotlib.text import Text
+
+    note.update_positions(renderer)
+    return Text.get_window_extent(note, renderer)
+
+
 def _lift_overlapping_labels(
     fig: Any,
     ax: Any,
@@ -104,12 +112,7 @@ def _lift_overlapping_labels(
     label length; call it after every artist that can move the axes' limits has been added. Returns how far
     (pixels) the highest label reaches above the axes (negative: inside).
     """
-    from matplotlib.text import Text
     from matplotlib.transforms import Bbox
-
-    def text_box(note: Any) -> Any:  # the text alone: an annotation's own extent includes its leader line
-        note.update_positions(renderer)
-        return Text.get_window_extent(note, renderer)
 
     fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
     renderer = fig.canvas.get_renderer()
@@ -122,13 +125,13 @@ def _lift_overlapping_labels(
     for note, own in sorted(notes, key=lambda n: (n[0].xy[1], n[0].xy[0])):
         others = [box for xy, box in markers.items() if xy not in own]
         for _ in range(len(notes) + len(others)):
-            box = text_box(note)
+            box = _text_box(note, renderer)
             clash = [b for b in placed + others if box.overlaps(b)]
             if not clash:
                 break
             dx, dy = note.xyann
             note.xyann = (dx, dy + (max(b.y1 for b in clash) - box.y0 + pad) * 72.0 / fig.dpi)
-        placed.append(text_box(note))
+        placed.append(_text_box(note, renderer))
     return max((box.y1 for box in placed), default=0.0) - ax.get_window_extent(renderer).y1
 
 
@@ -141,14 +144,11 @@ def _place_labels(
     """Put a label that would cross the axes' right edge to the left of its point, lift the labels clear of each
     other (``_lift_overlapping_labels``) and raise the top of the y axis until the highest label is inside the
     axes, so that no label crosses the frame. Growing the y axis moves nothing sideways: one flip is enough."""
-    from matplotlib.text import Text
-
     fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
     renderer = fig.canvas.get_renderer()
     right = ax.get_window_extent(renderer).x1
     for note, _ in notes:
-        note.update_positions(renderer)
-        if Text.get_window_extent(note, renderer).x1 > right:  # the text alone, without its leader line
+        if _text_box(note, renderer).x1 > right:
             note.set_horizontalalignment("right")
             note.xyann = (-abs(note.xyann[0]), note.xyann[1])
     start = [note.xyann[1] for note, _ in notes]
