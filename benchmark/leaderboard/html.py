@@ -102,6 +102,7 @@ def _lift_overlapping_labels(
     notes: Sequence[tuple[Any, set[tuple[float, float]]]],
     points: Sequence[tuple[float, float]],
     pad: float = 1.0,
+    renderer: Any = None,
 ) -> float:
     """Move each label up, lowest point first, until its text box clears the labels placed before it and the
     markers of the points it does not name (``notes``: each annotation with the points it names).
@@ -109,13 +110,15 @@ def _lift_overlapping_labels(
     ``_merge_close_labels`` joins the labels of points that nearly coincide; this handles the labels of points
     apart whose texts still meet (a long label running into its right-hand neighbour's at the same height, or
     over a marker). The boxes are the drawn texts' extents (matplotlib's renderer), so the result holds for any
-    label length; call it after every artist that can move the axes' limits has been added. Returns how far
-    (pixels) the highest label reaches above the axes (negative: inside).
+    label length; call it after every artist that can move the axes' limits has been added. ``renderer``: the
+    canvas's, from a draw made after those artists (else it draws the figure). Returns how far (pixels) the
+    highest label reaches above the axes (negative: inside).
     """
     from matplotlib.transforms import Bbox
 
-    fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
-    renderer = fig.canvas.get_renderer()
+    if renderer is None:
+        fig.canvas.draw()  # the axes' limits are final only once drawn (autoscaling is lazy)
+        renderer = fig.canvas.get_renderer()
     half = 3.5 * fig.dpi / 72.0  # a default scatter marker (36 pt²) is 6 points across, plus a little
     markers = {}
     for x, y in points:
@@ -155,7 +158,7 @@ def _place_labels(
     for attempt in range(5):  # the last attempt ends with a lift, so the labels never overlap
         for (note, _own), y in zip(notes, start):
             note.xyann = (note.xyann[0], y)
-        over = _lift_overlapping_labels(fig, ax, notes, points)
+        over = _lift_overlapping_labels(fig, ax, notes, points, renderer=renderer)  # set_ylim needs no draw
         if over <= 0 or attempt == 4:
             return
         low, high = ax.get_ylim()
