@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 from dglbench.cli import main
@@ -68,6 +69,22 @@ def test_catch_probability_hand_worked():
 def test_catch_probability_is_the_hypergeometric_tail(n, k, m):
     # P(X >= 1) for X ~ Hypergeom(population n, k successes, m draws)
     assert catch_probability(n, k, m) == pytest.approx(hypergeom(n, k, m).sf(0), rel=1e-12, abs=1e-15)
+
+
+def test_the_catch_table_in_submitting_md_states_each_tracks_victims_and_probabilities():
+    # The table quotes P(caught) at m = 2 for the v2 CPU tracks; n must be each named track's victim count and
+    # each P the count of draws that hold an edited victim, 1 - C(n-k, 2)/C(n, 2), to three decimals.
+    text = (Path(__file__).resolve().parents[3] / "leaderboards" / "SUBMITTING.md").read_text()
+    head, *rows = [line for line in text.splitlines() if line.startswith("| P(caught)") or " (n = " in line]
+    ks = [c.strip().removeprefix("k = ") for c in head.split("|")[2:-1]]
+    assert ks == ["1", "4", "n/4", "n/2"] and len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        n = int(re.search(r"\(n = (\d+)\)", cells[0]).group(1))
+        for ref in re.findall(r"`([\w-]+)@2`", cells[0]):
+            assert load_track(f"{ref}@2").num_victims == n, ref
+        for k, stated in zip([1, 4, n // 4, n // 2], cells[1:], strict=True):
+            assert f"{1 - math.comb(n - k, 2) / math.comb(n, 2):.3f}" == stated, (n, k)
 
 
 def test_the_draw_is_uniform_distinct_and_repeatable():
