@@ -6,9 +6,9 @@ track or defense, bad parameter, invalid entry) are one line and exit status 2.
 Examples::
 
     dglbench leaderboard tracks
-    dglbench leaderboard submit --track digits-convnet5 --defense gaussian --param sigma=0.001
+    dglbench leaderboard submit --track natural-convnet5@2 --defense gaussian --param sigma=0.01
     dglbench leaderboard validate                      # every stored entry (CI runs this via the tests)
-    dglbench leaderboard verify leaderboards/v1/entries/digits-convnet5/gaussian-<hash>.json --victims 2
+    dglbench leaderboard verify leaderboards/v2/entries/natural-convnet5/gaussian-<hash>.json --victims 2
     dglbench leaderboard verify ENTRY --seed 1234             # repeat a draw; --all re-runs every victim
     dglbench leaderboard render
 """

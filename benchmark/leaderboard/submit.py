@@ -5,9 +5,9 @@ FedSGD utility protocol with and without the defense, summarizes, and writes the
 then the entry file, each atomically. Interrupted runs resume: trial records are kept under
 ``runs/leaderboard/<track>/<defense>-<hash>/`` and finished trials are not re-run.
 
-Example (the embedded CPU track, about a minute on a laptop)::
+Example (a CPU track on embedded photographs, 20 minutes to 1.7 hours on two cores)::
 
-    dglbench leaderboard submit --track digits-convnet5 --defense gaussian --param sigma=0.001
+    dglbench leaderboard submit --track natural-convnet5@2 --defense gaussian --param sigma=0.01
 """
 
 from __future__ import annotations
@@ -261,6 +261,10 @@ def submit(
     if process_rank() == 0:  # say where the entry will go before anything runs
         print(f"leaderboard root {entry_path.parents[3]} (DGLBENCH_LEADERBOARDS or --root); entry {entry_path.name}",
               flush=True)  # fmt: skip
+        if track.protocol < 2:
+            print(f"note: {track.ref} follows protocol 1, superseded by protocol 2 (leaderboards/README.md, 'From v1 "
+                  f"to v2'); its board is kept for comparison, and new defenses go on the v2 tracks: dglbench "
+                  f"leaderboard tracks", flush=True)  # fmt: skip
     out_dir = Path(work_dir) / track.id / f"{entry_slug(info.name)}-{digest}"
     # two submissions of one entry (two baseline processes, a second terminal) would race on its records
     with FolderLock(out_dir, name="submit.lock", what="entry work folder", holder=f"submitting {entry_path.name}"):

@@ -368,7 +368,7 @@ def load_track(spec: str | Path, root: str | Path | None = None) -> Track:
     if not (str(spec).endswith((".yaml", ".yml")) and path.exists()):
         track_id, _, version = str(spec).partition("@")
         if version and not version.isdigit():
-            raise ConfigError(f"track {spec!r}: the version after '@' must be an integer, e.g. digits-convnet5@1")
+            raise ConfigError(f"track {spec!r}: the version after '@' must be an integer, e.g. natural-convnet5@2")
         candidates = [int(version)] if version else [v for v in reversed(_versions(root))]
         path = next((track_path(track_id, v, root) for v in candidates if track_path(track_id, v, root).exists()), None)
         if path is None:

@@ -30,8 +30,8 @@ FedSGD test accuracy   absolute ``test_accuracy_abs`` points (with ``--utility``
 **What a random sample catches.** An entry whose stored numbers were edited for ``k`` of its ``n``
 victims (aggregates edited to match, so ``validate`` passes) is caught when the sample holds at
 least one edited victim. With ``m`` victims drawn, that probability is hypergeometric:
-``P = 1 − C(n−k, m) / C(n, m)`` (:func:`catch_probability`). On ``digits-convnet5@1`` (n = 8) at
-the default m = 2: k = 1 gives 0.25, k = 2 gives 0.46, k = 4 gives 0.79, k = 6 gives 27/28 ≈ 0.96.
+``P = 1 − C(n−k, m) / C(n, m)`` (:func:`catch_probability`). On ``natural-convnet5@2`` (n = 64) at
+the default m = 2: k = 1 gives 0.031, k = 4 gives 0.12, k = 16 gives 0.44, k = 32 gives 0.75.
 Re-running always the same victims would catch nothing outside them; ``all_victims`` catches every
 edit the tolerances can see.
 

@@ -231,7 +231,7 @@ def test_bibtex_parses_with_pybtex_and_citation_names_the_repository(tmp_path):
 
 
 @pytest.mark.slow
-def test_v1_protocol_ranks_batch_calibrated_noise_first_only_because_of_the_batch_mismatch(tmp_path):
+def test_v1_protocol_ranks_batch_calibrated_noise_first_only_because_of_the_batch_mismatch(tmp_path, capsys):
     """dp_sgd adds sigma*clip/B to the mean gradient: v1 charges it at B=8 in utility and B=1 in privacy."""
     from dglbench.leaderboard.strip import strip_path
     from dglbench.leaderboard.submit import submit
@@ -242,6 +242,8 @@ def test_v1_protocol_ranks_batch_calibrated_noise_first_only_because_of_the_batc
         entries = []
         for defense, params in (("gaussian", {"sigma": 0.01}), ("dp_sgd", {"clip": 1.0, "sigma": 0.5})):
             out = submit(track, defense, params, root=tmp_path / f"p{protocol}", work_dir=tmp_path / "runs")
+            notes = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("note:")]
+            assert len(notes) == (protocol == 1) and all("superseded by protocol 2" in n for n in notes), notes
             entries.append(out.entry)
             assert strip_path(out.entry_path).exists() == (protocol == 2)  # the page's reconstructions
         ranked[protocol] = [(r.entry.defense.name, r.rank) for r in rank_entries(track, entries)]

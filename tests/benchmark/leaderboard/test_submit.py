@@ -49,7 +49,10 @@ def test_submit_validate_verify(tiny_root, tmp_path, capsys):
     assert len(records) == 2 * 2 and {r["status"] for r in records} <= {"ok", "failed"}
     assert validate_paths([], root=tiny_root) == []
     # the summary names the damping of each exact I2F value, so that two of them never read as an interval
-    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "I2F lower bound" in ln]
+    out = capsys.readouterr().out.splitlines()
+    (line,) = [ln for ln in out if "I2F lower bound" in ln]
+    # a v1 track is superseded: the submitter is told before anything runs (its board is kept for comparison)
+    assert out[1].startswith("note: digits-convnet5@1 follows protocol 1, superseded by protocol 2"), out[:2]
     assert entry.i2f.exact
     for eps, stat in entry.i2f.exact.items():
         assert f"{stat.mean:.4g} (ε={eps})" in line
