@@ -147,7 +147,7 @@ def _tracks(args: argparse.Namespace) -> int:
     tracks.sort(key=lambda t: t.order_key)
     print(f"{'track':28s} {'device':6s} {'entries':>7s}  title")
     for t in tracks:
-        note = "" if t.protocol == 2 else "  [superseded by version 2]"
+        note = "  [superseded by version 2]" if t.superseded else ""
         print(f"{t.ref:28s} {t.scale:6s} {counts[t.ref]:7d}  {t.title}{note}")
     return 0
 

@@ -361,8 +361,8 @@ def html_page(all_boards: Sequence[Board], strips: dict[str, str] | None = None)
     """
     from dglbench.leaderboard.render import SUPERSEDED
 
-    current = [b for b in all_boards if b.track.protocol == 2]
-    old = [b for b in all_boards if b.track.protocol != 2]
+    current = [b for b in all_boards if not b.track.superseded]
+    old = [b for b in all_boards if b.track.superseded]
     parts = [_section(b, strips) for b in current]
     if old:
         parts.append(f'<h2 id="v1">Version 1 (superseded)</h2>\n<p class="rule">{html.escape(SUPERSEDED)}</p>')

@@ -261,7 +261,7 @@ def submit(
     if process_rank() == 0:  # say where the entry will go before anything runs
         print(f"leaderboard root {entry_path.parents[3]} (DGLBENCH_LEADERBOARDS or --root); entry {entry_path.name}",
               flush=True)  # fmt: skip
-        if track.protocol < 2:
+        if track.superseded:
             print(f"note: {track.ref} follows protocol 1, superseded by protocol 2 (leaderboards/README.md, 'From v1 "
                   f"to v2'); its board is kept for comparison, and new defenses go on the v2 tracks: dglbench "
                   f"leaderboard tracks", flush=True)  # fmt: skip

@@ -250,6 +250,11 @@ class Track:
         self.trial_configs("none", {})  # checks the case and attack settings
 
     @property
+    def superseded(self) -> bool:
+        """Whether the track follows protocol 1, superseded by protocol 2 (its board is kept, not ranked with v2's)."""
+        return self.protocol < 2
+
+    @property
     def num_victims(self) -> int:
         """Victims of the track (``data.params.num_victims``)."""
         return int(self.data.params["num_victims"])
