@@ -282,7 +282,6 @@ def submit(
             return None
         privacy_seconds = time.perf_counter() - start + reused_seconds(records, started)
         device = torch_device(accelerator).type
-        t0 = time.perf_counter()
         defended, computed_on = shared_fedsgd_accuracy(
             track, info, work_dir, device=device, data_root=data_root, log=True
         )
@@ -292,8 +291,11 @@ def submit(
                 f"{computed_on} (same data, model, initialization, case, protocol and defense)",
                 flush=True,
             )
+        t0 = time.perf_counter()
         undefended = undefended_accuracy(track, device=device, root=root, data_root=data_root)
-        utility_seconds = time.perf_counter() - t0 + (defended.seconds if computed_on is not None else 0.0)
+        # the defended run's own count, whether reused or computed here: a run resumed from its checkpoint
+        # includes the earlier sessions' seconds, which this call's wall time would leave out
+        utility_seconds = defended.seconds + time.perf_counter() - t0
         entry = build_entry(
             track, info, records, [c.trial_id for c in configs],
             test_accuracy=defended.test_accuracy, undefended=undefended.test_accuracy, test_images=defended.test_images,

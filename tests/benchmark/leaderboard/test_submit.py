@@ -131,6 +131,27 @@ def test_a_resumed_entry_counts_the_earlier_runs_time_on_the_records_it_reused(t
     assert seconds["total"] == pytest.approx(seconds["privacy"] + seconds["utility"], abs=0.02)
 
 
+def test_a_utility_run_resumed_across_sessions_reports_its_whole_cost(tiny_root, tmp_path, monkeypatch):
+    """Soteria's FedSGD run on natural-imprint@2 spanned three sessions (19852 s in its record) and its entry
+    said 4815 s, the last session's share: the entry must carry the run's own count, as a reusing entry does."""
+    import dglbench.leaderboard.submit as submit_module
+    from dglbench.leaderboard.utility import FedSGDOutcome
+
+    real = submit_module.shared_fedsgd_accuracy
+    earlier = 5000.0  # seconds the checkpoint says earlier sessions spent
+
+    def resumed(*args, **kwargs):
+        outcome, on = real(*args, **kwargs)
+        return FedSGDOutcome(outcome.test_accuracy, outcome.test_images, outcome.rounds, outcome.seconds + earlier), on
+
+    monkeypatch.setattr(submit_module, "shared_fedsgd_accuracy", resumed)
+    t0 = time.perf_counter()
+    sub = submit("digits-convnet5", "gaussian", {"sigma": 0.01}, root=tiny_root, work_dir=tmp_path / "runs")
+    wall = time.perf_counter() - t0
+    seconds = json.loads(sub.entry_path.read_text())["provenance"]["seconds"]
+    assert earlier <= seconds["utility"] <= earlier + wall
+
+
 def test_a_second_submission_of_the_same_entry_stops_with_one_line_while_the_first_runs(tiny_root, tmp_path, capsys):
     """Two baseline processes on one track (``ORDER=reverse``) met on the same entry and both computed it; the
     second must stop before it touches the records, and the entry must run once the first is gone."""
