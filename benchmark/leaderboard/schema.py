@@ -220,9 +220,10 @@ class Seeds:
 @dataclass(frozen=True)
 class Seconds:
     """Wall time of the submission: ``privacy`` includes earlier runs' time on the trial records a resumed
-    submission reused (:func:`~dglbench.leaderboard.submit.reused_seconds`), ``utility`` the time of a stored
-    FedSGD run it reused (:func:`~dglbench.leaderboard.utility.shared_fedsgd_accuracy`); ``total`` is their
-    sum: what the entry's numbers cost to compute."""
+    submission reused (:func:`~dglbench.leaderboard.submit.reused_seconds`), ``utility`` the defended FedSGD
+    run's own time, whether stored and reused (:func:`~dglbench.leaderboard.utility.shared_fedsgd_accuracy`) or
+    computed here, earlier sessions of a run resumed from its checkpoint included; ``total`` is their sum: what
+    the entry's numbers cost to compute."""
 
     privacy: float
     utility: float
