@@ -291,11 +291,10 @@ def submit(
                 f"{computed_on} (same data, model, initialization, case, protocol and defense)",
                 flush=True,
             )
-        t0 = time.perf_counter()
         undefended = undefended_accuracy(track, device=device, root=root, data_root=data_root)
-        # the defended run's own count, whether reused or computed here: a run resumed from its checkpoint
+        # each run's own count (0 for a cached undefended run): a defended run resumed from its checkpoint
         # includes the earlier sessions' seconds, which this call's wall time would leave out
-        utility_seconds = defended.seconds + time.perf_counter() - t0
+        utility_seconds = defended.seconds + undefended.seconds
         entry = build_entry(
             track, info, records, [c.trial_id for c in configs],
             test_accuracy=defended.test_accuracy, undefended=undefended.test_accuracy, test_images=defended.test_images,
